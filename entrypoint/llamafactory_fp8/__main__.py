@@ -1,0 +1,3 @@
+from llamafactory_fp8.cli import main
+
+raise SystemExit(main())

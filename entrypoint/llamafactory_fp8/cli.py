@@ -1,0 +1,192 @@
+"""`llamafactory-fp8`: inspect the GPUs, decide the precision, render the Accelerate config, launch LLaMA-Factory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from . import __version__, paths
+from .accelerate_config import check_user_config_matches, render_accelerate_config, write_accelerate_config
+from .backends import installed_fp8_backends
+from .errors import USAGE_EXIT_CODE, LaunchError
+from .gpus import GpuInventory, read_gpus
+from .launcher import build_command, child_environment, run
+from .model_facts import read_model_facts
+from .policy import Decision, Request, TrainingFacts, decide
+from .report import describe_gpus, render_block
+from .run_state import RunState, now, read_run_state, state_path, write_run_state
+from .topology import read_topology
+from .training_config import TrainingConfig, check_output_dir_writable, load_training_config, parse_overrides
+
+COMMANDS = ("train", "inspect")
+ACCELERATE_CONFIG_NAME = "accelerate_config.yaml"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes end in one line and their own exit code, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="llamafactory-fp8",
+        description="Train with LLaMA-Factory in FP8 where it pays and BF16 elsewhere. "
+        "With no command, `train` is meant.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+
+    train = commands.add_parser("train", help="decide the precision and launch training")
+    train.add_argument("config", nargs="?", type=Path, help="LLaMA-Factory training YAML (default: the built-in demo)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="LLaMA-Factory keys that override the YAML")
+    _add_decision_arguments(train)
+    train.add_argument("--accelerate-config", type=Path, help="your own Accelerate config, used as is")
+    train.add_argument("--dry-run", action="store_true", help="print what would run, then stop")
+    train.set_defaults(handler=train_command)
+
+    inspect = commands.add_parser("inspect", help="show the GPUs and what `train` would choose, and why")
+    inspect.add_argument("config", nargs="?", type=Path, help="training YAML to decide for (default: the demo)")
+    _add_decision_arguments(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.set_defaults(handler=inspect_command)
+    return parser
+
+
+def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--auto", dest="precision", action="store_const", const="auto", help="FP8 only where it pays (default)")
+    precision.add_argument("--fp8", dest="precision", action="store_const", const="fp8", help="FP8, or refuse")
+    precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="BF16")
+    parser.set_defaults(precision="auto")
+    parser.add_argument("--backend", choices=("auto", "torchao", "te"), default="auto", help="FP8 backend")
+    parser.add_argument(
+        "--strategy",
+        choices=("auto", "ddp", "fsdp2", "deepspeed-zero2", "deepspeed-zero3"),
+        default="auto",
+        help="how several GPUs share the work (auto: data parallel, or DeepSpeed where the YAML sets deepspeed)",
+    )
+    parser.add_argument("--allow-cpu", action="store_true", help="train on the CPU when no GPU is visible")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "train")  # `docker run IMAGE --bf16` trains the demo
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except LaunchError as error:
+        print(f"llamafactory-fp8: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+class Plan:
+    """Everything found and decided for one run: inspect -> decide -> render, before anything launches."""
+
+    def __init__(self, args: argparse.Namespace, overrides: list[str], gpus: GpuInventory):
+        self.uses_demo = args.config is None
+        self.workdir = paths.project_home() if self.uses_demo else Path.cwd()
+        config_path = paths.demo_config() if self.uses_demo else args.config
+        self.training: TrainingConfig = load_training_config(config_path, overrides)
+        self.gpus = gpus
+        self.model = read_model_facts(str(self.resolve(self.training.model)))
+        self.decision: Decision = decide(
+            self.gpus,
+            self.model,
+            _training_facts(self.training),
+            Request(args.precision, args.backend, args.strategy, args.allow_cpu),
+            installed_fp8_backends(),
+        )
+        self.training_keys = {**parse_overrides(overrides), **self.decision.training_keys}
+        if self.decision.deepspeed_stage is not None:
+            self.training_keys["deepspeed"] = str(paths.deepspeed_config(self.decision.deepspeed_stage))
+        self.replaced = {
+            key: (self.training.values[key], value)
+            for key, value in self.decision.training_keys.items()
+            if key in self.training.values and self.training.values[key] != value
+        }
+
+    def resolve(self, path: str | Path) -> Path:
+        return self.workdir / path
+
+
+def train_command(args: argparse.Namespace) -> int:
+    plan = Plan(args, args.overrides, read_gpus())
+    output_dir = plan.resolve(plan.training.output_dir)
+    check_output_dir_writable(output_dir)
+    topology = read_topology()
+    if args.accelerate_config:
+        check_user_config_matches(args.accelerate_config, plan.decision)
+        accelerate_config, sources, rendered = args.accelerate_config.resolve(), [], None
+    else:
+        rendered, sources = render_accelerate_config(plan.decision, topology, paths.accelerate_configs_dir())
+        accelerate_config = output_dir / ACCELERATE_CONFIG_NAME
+    command = build_command(accelerate_config, plan.resolve(plan.training.path), plan.training_keys)
+    print(
+        render_block(
+            plan.gpus, plan.training, plan.model, plan.decision, plan.replaced,
+            accelerate_config, sources, command, plan.workdir,
+        ),
+        flush=True,
+    )  # fmt: skip
+    if args.dry_run:
+        return 0
+    if rendered is not None:
+        write_accelerate_config(rendered, accelerate_config)
+    if plan.uses_demo and plan.model is None:
+        _build_demo_model(plan)
+    state_file = state_path()
+    state = RunState(0, str(output_dir.resolve()), plan.decision.device, now())
+    exit_code = run(
+        command,
+        child_environment(dict(os.environ)),
+        cwd=plan.workdir,
+        on_start=lambda pid: write_run_state(replace(state, trainer_pid=pid), state_file),
+    )
+    write_run_state(replace(read_run_state(state_file) or state, exit_code=exit_code), state_file)
+    return exit_code
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    gpus = read_gpus()
+    try:
+        plan = Plan(args, [], gpus)
+        decision, error = plan.decision, None
+    except LaunchError as refused:
+        decision, error = None, refused
+    if args.json:
+        print(json.dumps({"gpus": asdict(gpus), "decision": decision and asdict(decision), "refusal": error and str(error)}, indent=2))
+        return 0
+    print("GPUs:")
+    print("\n".join(f"  {line}" for line in describe_gpus(gpus)))
+    if decision is None:
+        print(f"train would refuse: {error}")
+        return 0
+    print(f"train would choose {decision.precision.upper()}" + (f" ({decision.backend})" if decision.backend else ""))
+    print("\n".join(f"  - {reason}" for reason in decision.reasons))
+    return 0
+
+
+def _build_demo_model(plan: Plan) -> None:
+    from .demo import build_demo_model
+
+    destination = plan.resolve(plan.training.model)
+    print(f"building the demo model at {destination} (tiny random-init Llama, offline)", flush=True)
+    build_demo_model(destination, plan.resolve(str(plan.training.values.get("dataset_dir", "data"))))
+
+
+def _training_facts(training: TrainingConfig) -> TrainingFacts:
+    return TrainingFacts(
+        stage=training.stage,
+        finetuning_type=training.finetuning_type,
+        asks_for_fp8=training.asks_for_fp8,
+        deepspeed=training.deepspeed,
+        quantized=training.values.get("quantization_bit") is not None,
+    )
+

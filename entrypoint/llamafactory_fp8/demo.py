@@ -1,0 +1,55 @@
+"""Build the built-in demo's model offline: a BPE tokenizer trained on the shipped demo data and a tiny
+random-init Llama. Nothing is downloaded, so the demo and the tests run on a machine with no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_MODEL_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
+DEMO_VOCAB_SIZE = 512
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+
+
+def build_demo_model(destination: Path, data_dir: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=DEMO_VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_demo_texts(data_dir), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        **DEMO_MODEL_SHAPE,
+    )
+    destination.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).save_pretrained(destination)
+    fast.save_pretrained(destination)
+    return destination
+
+
+def _demo_texts(data_dir: Path):
+    for path in sorted((data_dir / "demo").glob("*.json")):
+        for record in json.loads(path.read_text()):
+            yield " ".join(str(value) for value in record.values())

@@ -1,0 +1,29 @@
+"""Where the project's shipped files (configs/, data/) live: the image sets LLAMAFACTORY_FP8_HOME; a source
+checkout finds them next to the package."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_home() -> Path:
+    configured = os.environ.get("LLAMAFACTORY_FP8_HOME")
+    if configured:
+        return Path(configured)
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "configs" / "accelerate").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def accelerate_configs_dir() -> Path:
+    return project_home() / "configs" / "accelerate"
+
+
+def deepspeed_config(stage: int) -> Path:
+    return project_home() / "configs" / "deepspeed" / f"zero{stage}.json"
+
+
+def demo_config() -> Path:
+    return project_home() / "configs" / "examples" / "demo.yaml"

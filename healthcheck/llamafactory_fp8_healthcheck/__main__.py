@@ -1,0 +1,3 @@
+from llamafactory_fp8_healthcheck.cli import main
+
+raise SystemExit(main())

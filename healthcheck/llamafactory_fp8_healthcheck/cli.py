@@ -1,0 +1,29 @@
+"""`llamafactory-fp8-healthcheck`: exit 0 when healthy, 1 when not, with one line saying why.
+Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe."""
+
+from __future__ import annotations
+
+import sys
+
+from llamafactory_fp8.gpus import read_gpus
+from llamafactory_fp8.run_state import now, read_run_state, state_path
+
+from .checks import Windows, check_gpus, check_progress, check_trainer_alive
+
+
+def main() -> int:
+    path = state_path()
+    state = read_run_state(path)
+    if state is None:
+        print(f"unhealthy: no training run recorded at {path}")
+        return 1
+    problem = (
+        check_trainer_alive(state)
+        or check_progress(state, Windows.from_env(), now())
+        or check_gpus(state, read_gpus())
+    )
+    if problem:
+        print(f"unhealthy: {problem}")
+        return 1
+    print("healthy: " + ("training finished" if state.exit_code == 0 else f"trainer {state.trainer_pid} making progress"))
+    return 0
