@@ -78,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv.insert(0, "train")  # `docker run IMAGE --bf16` trains the demo
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, leftovers = parser.parse_known_args(argv)
+    unknown = [item for item in leftovers if item.startswith("-") or "overrides" not in args]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if leftovers:
+        args.overrides += leftovers  # key=value given after an option: argparse leaves those over
     try:
         return args.handler(args)
     except LaunchError as error:
@@ -90,9 +96,9 @@ class Plan:
     """Everything found and decided for one run: inspect -> decide -> render, before anything launches."""
 
     def __init__(self, args: argparse.Namespace, overrides: list[str], gpus: GpuInventory):
-        self.uses_demo = args.config is None
-        self.workdir = paths.project_home() if self.uses_demo else Path.cwd()
-        config_path = paths.demo_config() if self.uses_demo else args.config
+        config_path = paths.demo_config() if args.config is None else args.config
+        self.uses_demo = config_path.is_file() and config_path.samefile(paths.demo_config())
+        self.workdir = paths.project_home() if args.config is None else Path.cwd()
         self.training: TrainingConfig = load_training_config(config_path, overrides)
         self.gpus = gpus
         self.model = read_model_facts(str(self.resolve(self.training.model)))

@@ -17,6 +17,10 @@ class NoGpu(LaunchError):
     exit_code = 3
 
 
+class BF16Unavailable(LaunchError):
+    exit_code = 4
+
+
 class ConfigMissing(LaunchError):
     exit_code = 10
 

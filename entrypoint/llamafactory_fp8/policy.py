@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import FP8Unavailable, NoGpu
+from .errors import BF16Unavailable, FP8Unavailable, NoGpu
 from .gpus import GpuInventory
 from .model_facts import ModelFacts
 from .training_config import FP8_CAPABLE_STAGES
@@ -90,7 +90,7 @@ def decide(
         reasons.append("--bf16 asked for BF16" + (" (over the YAML's fp8: true)" if training.asks_for_fp8 else ""))
 
     if request.precision == "bf16":
-        precision, backend = _half_precision(gpus, reasons), None
+        precision, backend = _half_precision(gpus, reasons, forced=True), None
     else:
         blocker = _fp8_blocker(gpus, training, request, installed_backends)
         if blocker and forced_fp8:
@@ -156,8 +156,10 @@ def _pick_backend(request: Request, installed_backends: frozenset[str]) -> str:
     return next(name for name in FP8_BACKEND_PREFERENCE if name in installed_backends)
 
 
-def _half_precision(gpus: GpuInventory, reasons: list[str]) -> str:
+def _half_precision(gpus: GpuInventory, reasons: list[str], forced: bool = False) -> str:
     lacking = [gpu for gpu in gpus.gpus if gpu.compute_capability < BF16_MIN_COMPUTE_CAPABILITY]
+    if lacking and forced:
+        raise BF16Unavailable(f"BF16 refused: {lacking[0].name} has no BF16 (compute capability below 8.0)")
     if lacking:
         reasons.append(f"FP16 because {lacking[0].name} has no BF16 (compute capability below 8.0)")
         return "fp16"
