@@ -65,18 +65,19 @@ class Result:
     error: str | None = None
 
 
-def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, extra=()):
-    cases = [Case(shape, layers, finetuning, p, True, steps, extra=extra) for p in ("bf16", "fp8")]
+def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=()):
+    cases = [Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra) for p in ("bf16", "fp8")]
     if bf16_eager:
-        cases.insert(0, Case(shape, layers, finetuning, "bf16", False, steps, extra=extra))
+        cases.insert(0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra))
     return cases
 
 
 PLANS = {
     "smoke": pairs("llama-3.2-1b", 4, "full", steps=20),
     "small": pairs("llama-3.2-1b", None, "full", bf16_eager=True) + pairs("qwen2.5-3b", 12, "full"),
-    "large": pairs("qwen2.5-7b", 4, "full") + pairs("llama-3.1-8b", 4, "full"),
-    "lora": pairs("llama-3.1-8b", None, "lora", steps=30, extra=("lora_target=all", "lora_rank=16")),
+    "large": pairs("qwen2.5-7b", 6, "full", steps=30) + pairs("llama-3.1-8b", 8, "full", steps=30, batch=2),
+    "lora": pairs("llama-3.1-8b", None, "lora", steps=30, batch=2,
+                  extra=("lora_target=all", "lora_rank=16", "disable_gradient_checkpointing=false")),
     "parity": pairs("llama-3.2-1b", None, "full", steps=200),
 }
 
@@ -287,19 +288,27 @@ def main() -> int:
             model_dir = build_model(args.work, case.shape, case.layers, tokenizer)
             result = run_case(case, model_dir, data, args.work, logs)
             results.append(result)
+            write_results(args, results)
             print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
                   f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
 
+    print(write_results(args, results))
+    return 0 if all(r.exit_code == 0 for r in results) else 1
+
+
+def write_results(args: argparse.Namespace, results: list[Result]) -> str:
+    """Written after every run, so a call cut short still brings back what it measured."""
     env = environment()
     rows = ratio_table(results)
     command = "python bench/run_bench.py " + " ".join(f"--plan {p}" for p in args.plan) + " --out OUT"
     stem = "-".join(args.plan)
-    (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}, indent=2, default=str))
-    (args.out / f"{stem}.md").write_text(markdown(env, results, rows, command))
+    report = markdown(env, results, rows, command)
+    payload = {"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (args.out / f"{stem}.md").write_text(report)
     if "parity" in args.plan:
         plot_losses(results, args.out / f"{stem}-loss.png")
-    print(markdown(env, results, rows, command))
-    return 0 if all(r.exit_code == 0 for r in results) else 1
+    return report
 
 
 if __name__ == "__main__":
