@@ -124,9 +124,11 @@ def build_model(work: Path, shape: str, layers: int | None, tokenizer_dir: Path)
     out = work / "models" / f"{shape}-{layers or 'full'}"
     if (out / "config.json").exists():
         return out
-    config = AutoConfig.from_pretrained(MODELS / shape)
+    values = json.loads((MODELS / shape / "config.json").read_text())
     if layers:
-        config.num_hidden_layers = layers
+        values["num_hidden_layers"] = layers
+        values.pop("layer_types", None)  # derived from the depth; Qwen2 rebuilds it
+    config = AutoConfig.for_model(**values)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
