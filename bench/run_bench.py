@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -282,17 +283,21 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
+    shutil.rmtree(args.work, ignore_errors=True)  # a warm machine keeps earlier calls' models: the disk fills
     data = build_corpus(args.work, args.corpus_mb)
     tokenizer = build_tokenizer(args.work, data)
     results = []
-    for plan in args.plan:
-        for case in PLANS[plan]:
-            model_dir = build_model(args.work, case.shape, case.layers, tokenizer)
-            result = run_case(case, model_dir, data, args.work, logs)
-            results.append(result)
-            write_results(args, results)
-            print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
-                  f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
+    cases = [case for plan in args.plan for case in PLANS[plan]]
+    for index, case in enumerate(cases):
+        model_dir = build_model(args.work, case.shape, case.layers, tokenizer)
+        result = run_case(case, model_dir, data, args.work, logs)
+        shutil.rmtree(args.work / "runs" / case.name, ignore_errors=True)  # the saved model is not measured
+        if index + 1 == len(cases) or (cases[index + 1].shape, cases[index + 1].layers) != (case.shape, case.layers):
+            shutil.rmtree(model_dir)
+        results.append(result)
+        write_results(args, results)
+        print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
+              f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
 
     print(write_results(args, results))
     return 0 if all(r.exit_code == 0 for r in results) else 1
