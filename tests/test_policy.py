@@ -50,7 +50,9 @@ def test_policy_table(nvml_profile, profile, model_name, training, request_, bac
     if decision.precision == "fp8":
         assert decision.training_keys["fp8"] is True
         assert decision.training_keys["fp8_backend"] == decision.backend
-        assert decision.training_keys["torch_compile"] is (decision.backend == "torchao")
+        compiled = decision.backend == "torchao"
+        assert decision.training_keys["torch_compile"] is compiled
+        assert decision.training_keys.get("dataloader_drop_last", False) is compiled
     else:
         assert decision.training_keys["fp8"] is False
 
