@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the pinned LLaMA-Factory, its text-training requirements and this project's patches into PYTHON's
 # environment, never replacing the torch (or Transformer Engine) already there. The image and CI both use it.
+# Extra pip requirements given as arguments are installed under the same constraint.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -13,7 +14,7 @@ trap 'rm -f "$keep_installed"' EXIT
   | grep -iE '^(torch|torchvision|torchaudio|triton|transformer[-_]engine[-_a-z0-9]*)==' >"$keep_installed" || true
 
 "$PYTHON" -m pip install --no-deps "llamafactory==${LLAMAFACTORY_VERSION}"
-"$PYTHON" -m pip install -c "$keep_installed" -r "$project/docker/requirements-llamafactory.txt"
+"$PYTHON" -m pip install -c "$keep_installed" -r "$project/docker/requirements-llamafactory.txt" "$@"
 
 site_packages=$("$PYTHON" -c 'import llamafactory, pathlib; print(pathlib.Path(llamafactory.__file__).parent.parent)')
 for change in "$project/patches/llamafactory-${LLAMAFACTORY_VERSION}"/*.patch; do

@@ -1,0 +1,117 @@
+"""The image, compose stack and Kubernetes Jobs, checked by real validators (no Docker engine or cluster runs
+here) and for what matters to a user."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamafactory_fp8 import errors
+from llamafactory_fp8.gpus import read_gpus
+from llamafactory_fp8.model_facts import read_model_facts
+from llamafactory_fp8.policy import Request, TrainingFacts, decide
+
+from .conftest import BENCH_MODELS, ROOT
+
+TOOLS = Path(sys.executable).parent
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+SHELL_SCRIPTS = [ROOT / "scripts" / "bootstrap", ROOT / "docker" / "install-llamafactory.sh", ROOT / ".ci" / "run"]
+MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
+
+
+def validate(tool: str, *args: str) -> None:
+    result = subprocess.run([str(TOOLS / tool), *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    validate("hadolint", str(DOCKERFILE))
+
+
+def test_shell_scripts_pass_shellcheck():
+    validate("shellcheck", *map(str, SHELL_SCRIPTS))
+
+
+def test_compose_file_matches_the_compose_spec():
+    validate("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml")
+
+
+def test_kubernetes_manifests_pass_schema_validation():
+    validate("kubernetes-validate", "--strict", *(str(m) for m in MANIFESTS if m.name != "kustomization.yaml"))
+
+
+def test_dockerfile_essentials():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=nvcr\.io/nvidia/pytorch:\S+", text, re.M)
+    assert re.search(r"^USER \S+", text, re.M) and "useradd" in text, "runs as a non-root user"
+    assert 'HEALTHCHECK' in text and '"llamafactory-fp8-healthcheck"' in text
+    assert 'ENTRYPOINT ["llamafactory-fp8"]' in text
+    assert "docker/install-llamafactory.sh" in text, "the image installs LLaMA-Factory the way CI does"
+    assert not re.search(r"pip install[^\n]*\btorch\b", text), "never reinstalls the base's torch"
+
+
+def compose():
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_compose_services_share_one_definition_with_gpus_and_mounts():
+    services = compose()["services"]
+    assert set(services) >= {"train", "train-fp8", "train-bf16", "inspect"}
+    assert services["train-fp8"]["entrypoint"] == ["llamafactory-fp8", "train", "--fp8"]
+    assert services["train"]["entrypoint"][-1] == "--auto"
+    for service in services.values():
+        device = service["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["capabilities"] == ["gpu"]
+        mounts = service["volumes"]
+        assert "./configs:/workspace/configs:ro" in mounts and "./outputs:/workspace/outputs" in mounts
+        assert any(m.startswith("hf-cache:") for m in mounts)
+        assert service["working_dir"] == "/workspace", "configs/x.yaml resolves as it does on the host"
+        assert service["ipc"] == "host" and service["ulimits"]["memlock"] == -1
+        assert service["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", "the token comes from the environment"
+
+
+def jobs():
+    return [doc for m in MANIFESTS for doc in yaml.safe_load_all(m.read_text()) if doc and doc.get("kind") == "Job"]
+
+
+def test_job_gpu_limit_equals_the_launchers_process_count(nvml_profile):
+    nvml_profile("h100-sxm-x8")
+    decision = decide(
+        read_gpus({}), read_model_facts(str(BENCH_MODELS / "llama-3.1-8b")), TrainingFacts(finetuning_type="full"),
+        Request(), frozenset({"torchao"}),
+    )  # fmt: skip
+    for job in jobs():
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == decision.num_processes
+
+
+def test_jobs_fail_fast_on_config_errors_and_retry_preemption():
+    config_errors = sorted(
+        cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
+    ) + [errors.USAGE_EXIT_CODE]
+    for job in jobs():
+        spec = job["spec"]
+        rules = spec["podFailurePolicy"]["rules"]
+        assert sorted(rules[0]["onExitCodes"]["values"]) == config_errors
+        assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] >= 120
+        assert pod["containers"][0]["livenessProbe"]["exec"]["command"] == ["llamafactory-fp8-healthcheck"]
+        assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), "/dev/shm in memory"
+
+
+def test_multinode_job_gives_the_launcher_rank_and_master():
+    (multinode,) = [job for job in jobs() if job["spec"].get("completionMode") == "Indexed"]
+    env = {e["name"]: e.get("value") for e in multinode["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NNODES"] == str(multinode["spec"]["completions"])
+    assert env["MASTER_ADDR"].startswith(multinode["metadata"]["name"] + "-0.")
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "configs" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_training_configs_load(example):
+    from llamafactory_fp8.training_config import load_training_config
+
+    assert load_training_config(example, []).stage in ("sft", "pt")
