@@ -1,5 +1,7 @@
 """The precision policy as a table over recorded GPU profiles, real model shapes and user flags."""
 
+import json
+
 import pytest
 
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
@@ -105,3 +107,36 @@ def test_small_model_stays_bf16_and_says_why(nvml_profile):
     decision = decide(read_gpus({}), small, FULL, Request(), BOTH)
     assert decision.precision == "bf16"
     assert any("0.10B" in reason for reason in decision.reasons)
+
+
+def measured_pairs():
+    """(shape, layers, FP8 / BF16-compiled speedup) of every full fine-tuning pair in bench/results/."""
+    import json
+    import re
+
+    for path in sorted((BENCH_MODELS.parent / "results").glob("*/*.json")):
+        if path.parent.name.startswith("superseded"):
+            continue  # measured before the launcher dropped the short last batch
+        for row in json.loads(path.read_text())["ratios"]:
+            found = re.match(r"(.+?)-(\d+L|full-depth)-full-compiled$", row["pair"])
+            if found and row.get("speedup_vs_bf16_compiled"):
+                layers = None if found[2] == "full-depth" else int(found[2][:-1])
+                yield found[1], layers, row["speedup_vs_bf16_compiled"]
+
+
+def test_auto_threshold_follows_the_committed_measurements(nvml_profile):
+    """Auto picks FP8 exactly where the benchmark measured it winning by 5% or more."""
+    from dataclasses import replace
+
+    from llamafactory_fp8.model_facts import estimate_parameters
+
+    nvml_profile("h100-sxm")
+    pairs = list(measured_pairs())
+    assert len(pairs) >= 4
+    for shape, layers, speedup in pairs:
+        facts = read_model_facts(str(BENCH_MODELS / shape))
+        if layers:
+            config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
+            facts = replace(facts, num_parameters=estimate_parameters({**config, "num_hidden_layers": layers}))
+        decision = decide(read_gpus({}), facts, FULL, Request(), frozenset({"torchao"}))
+        assert (decision.precision == "fp8") == (speedup >= 1.05), (shape, layers, speedup)
