@@ -151,7 +151,7 @@ def train_command(args: argparse.Namespace) -> int:
     state = RunState(0, str(output_dir.resolve()), plan.decision.device, now())
     exit_code = run(
         command,
-        child_environment(dict(os.environ)),
+        child_environment(dict(os.environ), topology, plan.decision.device),
         cwd=plan.workdir,
         on_start=lambda pid: write_run_state(replace(state, trainer_pid=pid), state_file),
     )

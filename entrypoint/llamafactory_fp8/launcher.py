@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .topology import Topology
+
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -31,9 +33,13 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def child_environment(environ: dict[str, str]) -> dict[str, str]:
-    # Logs must reach `docker logs` and the healthcheck as they happen, not when a buffer fills.
-    return {**environ, "PYTHONUNBUFFERED": "1"}
+def child_environment(environ: dict[str, str], topology: Topology, device: str) -> dict[str, str]:
+    """Logs must reach `docker logs` and the healthcheck as they happen, not when a buffer fills. On the CPU,
+    `accelerate launch` starts one process per node and expects MPI to name its rank, so the launcher does."""
+    env = {**environ, "PYTHONUNBUFFERED": "1"}
+    if device == "cpu" and topology.num_machines > 1:
+        env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
+    return env
 
 
 def run(
