@@ -19,11 +19,10 @@ from .model_facts import read_model_facts
 from .policy import Decision, Request, TrainingFacts, decide
 from .report import describe_gpus, render_block
 from .run_state import RunState, now, read_run_state, state_path, write_run_state
-from .topology import read_topology
+from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config, parse_overrides
 
 COMMANDS = ("train", "inspect")
-ACCELERATE_CONFIG_NAME = "accelerate_config.yaml"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -132,7 +131,7 @@ def train_command(args: argparse.Namespace) -> int:
         accelerate_config, sources, rendered = args.accelerate_config.resolve(), [], None
     else:
         rendered, sources = render_accelerate_config(plan.decision, topology, paths.accelerate_configs_dir())
-        accelerate_config = output_dir / ACCELERATE_CONFIG_NAME
+        accelerate_config = output_dir / _accelerate_config_name(topology)
     command = build_command(accelerate_config, plan.resolve(plan.training.path), plan.training_keys)
     print(
         render_block(
@@ -185,6 +184,13 @@ def _build_demo_model(plan: Plan) -> None:
     destination = plan.resolve(plan.training.model)
     print(f"building the demo model at {destination} (tiny random-init Llama, offline)", flush=True)
     build_demo_model(destination, plan.resolve(str(plan.training.values.get("dataset_dir", "data"))))
+
+
+def _accelerate_config_name(topology: Topology) -> str:
+    """Nodes of one job often share output_dir; each keeps its own machine_rank."""
+    if topology.num_machines > 1:
+        return f"accelerate_config.node{topology.machine_rank}.yaml"
+    return "accelerate_config.yaml"
 
 
 def _training_facts(training: TrainingConfig) -> TrainingFacts:

@@ -3,8 +3,6 @@ Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe."""
 
 from __future__ import annotations
 
-import sys
-
 from llamafactory_fp8.gpus import read_gpus
 from llamafactory_fp8.run_state import now, read_run_state, state_path
 
