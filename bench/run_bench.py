@@ -102,18 +102,11 @@ def build_corpus(work: Path, megabytes: float) -> Path:
 
 
 def build_tokenizer(work: Path, data: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from llamafactory_fp8.demo import train_bpe_tokenizer
 
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
     texts = (chunk["text"] for chunk in json.loads((data / "corpus.json").read_text()))
-    trainer = trainers.BpeTrainer(vocab_size=32000, special_tokens=list(special.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer=trainer)
     out = work / "tokenizer"
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(out)
+    train_bpe_tokenizer(texts, vocab_size=32000).save_pretrained(out)
     return out
 
 
