@@ -20,7 +20,7 @@ from .policy import Decision, Request, TrainingFacts, decide
 from .report import describe_gpus, render_block
 from .run_state import RunState, now, read_run_state, state_path, write_run_state
 from .topology import Topology, read_topology
-from .training_config import TrainingConfig, check_output_dir_writable, load_training_config, parse_overrides
+from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
 COMMANDS = ("train", "inspect")
 
@@ -108,7 +108,7 @@ class Plan:
             Request(args.precision, args.backend, args.strategy, args.allow_cpu),
             installed_fp8_backends(),
         )
-        self.training_keys = {**parse_overrides(overrides), **self.decision.training_keys}
+        self.training_keys = {**self.training.overrides, **self.decision.training_keys}
         if self.decision.deepspeed_stage is not None:
             self.training_keys["deepspeed"] = str(paths.deepspeed_config(self.decision.deepspeed_stage))
         self.replaced = {

@@ -20,6 +20,7 @@ class TrainingConfig:
 
     path: Path
     values: dict[str, Any]
+    overrides: dict[str, str]  # as typed on the command line, passed on to LLaMA-Factory unchanged
 
     @property
     def model(self) -> str:
@@ -59,21 +60,22 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         raise ConfigUnparsable(f"training config is not valid YAML{where}: {path}") from None
     if not isinstance(values, dict):
         raise ConfigNotMapping(f"training config must be a YAML mapping of LLaMA-Factory keys, got {_kind(values)}: {path}")
-    values = {**values, **parse_overrides(overrides)}
+    parsed = parse_overrides(overrides)
+    values = {**values, **{key: yaml.safe_load(raw) if raw else "" for key, raw in parsed.items()}}
     for key in ("model_name_or_path", "output_dir"):
         if not values.get(key):
             raise ConfigInvalid(f"training config has no {key}: {path}")
-    return TrainingConfig(path=path, values=values)
+    return TrainingConfig(path=path, values=values, overrides=parsed)
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """key=value pairs as LLaMA-Factory's CLI takes them, with YAML scalars (true, 3, 1e-4) typed the same way."""
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """key=value pairs as LLaMA-Factory's CLI takes them; the values stay text (YAML types them when read)."""
     parsed = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigInvalid(f"override must look like key=value, got: {item}")
-        parsed[key] = yaml.safe_load(raw) if raw else ""
+        parsed[key] = raw
     return parsed
 
 
