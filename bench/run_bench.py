@@ -279,6 +279,7 @@ def main() -> int:
     shutil.rmtree(args.work, ignore_errors=True)  # a warm machine keeps earlier calls' models: the disk fills
     data = build_corpus(args.work, args.corpus_mb)
     tokenizer = build_tokenizer(args.work, data)
+    env = environment()
     results = []
     cases = [case for plan in args.plan for case in PLANS[plan]]
     for index, case in enumerate(cases):
@@ -288,17 +289,16 @@ def main() -> int:
         if index + 1 == len(cases) or (cases[index + 1].shape, cases[index + 1].layers) != (case.shape, case.layers):
             shutil.rmtree(model_dir)
         results.append(result)
-        write_results(args, results)
+        write_results(args, env, results)
         print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
               f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
 
-    print(write_results(args, results))
+    print(write_results(args, env, results))
     return 0 if all(r.exit_code == 0 for r in results) else 1
 
 
-def write_results(args: argparse.Namespace, results: list[Result]) -> str:
+def write_results(args: argparse.Namespace, env: dict, results: list[Result]) -> str:
     """Written after every run, so a call cut short still brings back what it measured."""
-    env = environment()
     rows = ratio_table(results)
     command = "python bench/run_bench.py " + " ".join(f"--plan {p}" for p in args.plan) + " --out OUT"
     stem = "-".join(args.plan)
