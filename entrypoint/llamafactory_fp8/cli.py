@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .launcher import build_command, child_environment, run
 from .model_facts import read_model_facts
 from .policy import Decision, Request, TrainingFacts, decide
 from .report import describe_gpus, render_block
-from .run_state import RunState, now, read_run_state, state_path, write_run_state
+from .run_state import RunState, read_run_state, state_path, write_run_state
 from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
@@ -147,7 +148,7 @@ def train_command(args: argparse.Namespace) -> int:
     if plan.uses_demo and plan.model is None:
         _build_demo_model(plan)
     state_file = state_path()
-    state = RunState(0, str(output_dir.resolve()), plan.decision.device, now())
+    state = RunState(0, str(output_dir.resolve()), plan.decision.device, time.time())
     exit_code = run(
         command,
         child_environment(dict(os.environ), topology, plan.decision.device),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +35,3 @@ def read_run_state(path: Path) -> RunState | None:
         return RunState(**json.loads(path.read_text()))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
-
-
-def now() -> float:
-    return time.time()

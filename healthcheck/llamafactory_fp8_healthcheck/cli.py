@@ -3,8 +3,10 @@ Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe."""
 
 from __future__ import annotations
 
+import time
+
 from llamafactory_fp8.gpus import read_gpus
-from llamafactory_fp8.run_state import now, read_run_state, state_path
+from llamafactory_fp8.run_state import read_run_state, state_path
 
 from .checks import Windows, check_gpus, check_progress, check_trainer_alive
 
@@ -17,7 +19,7 @@ def main() -> int:
         return 1
     problem = (
         check_trainer_alive(state)
-        or check_progress(state, Windows.from_env(), now())
+        or check_progress(state, Windows.from_env(), time.time())
         or check_gpus(state, read_gpus())
     )
     if problem:
