@@ -7,44 +7,52 @@ from .conftest import ROOT, run_cli
 DEMO = str(ROOT / "configs" / "examples" / "demo.yaml")
 
 
-def _write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
+def _write(name, text):
+    """An argument builder: the path of a file with `text`, written into the test's tmp_path."""
+
+    def build(tmp_path):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return build
 
 
-def bad_inputs(tmp_path):
-    not_a_dir = tmp_path / "a-file"
-    not_a_dir.write_text("")
-    return {
-        # the issue's list: each its own exit code
-        "missing config": (["train", str(tmp_path / "nope.yaml")], "h100-sxm", 10, "not found"),
-        "unparsable YAML": (["train", _write(tmp_path, "bad.yaml", "model: [unclosed\n")], "h100-sxm", 11, "not valid YAML (line"),
-        "not a mapping": (["train", _write(tmp_path, "list.yaml", "- a\n- b\n")], "h100-sxm", 12, "mapping"),
-        "unknown precision flag": (["train", DEMO, "--fp4"], "h100-sxm", 64, "unrecognized arguments: --fp4"),
-        "fp8 forced on A100": (["train", DEMO, "--fp8"], "a100", 2, "FP8 refused"),
-        "no GPU": (["train", DEMO], "no-gpu", 3, "--gpus all"),
-        "output dir not writable": (["train", DEMO, "--allow-cpu", f"output_dir={not_a_dir}/out"], "no-gpu", 14, "not writable"),
-        # and the rest we found
-        "no model": (["train", _write(tmp_path, "nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
-        "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
-        "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
-        "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
-        "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
-    }
+def _not_writable_output(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    return f"output_dir={tmp_path / 'a-file'}/out"
 
 
-ISSUE_CASES = 7
-CASE_NAMES = [
+def _missing(tmp_path):
+    return str(tmp_path / "nope.yaml")
+
+
+# name: (arguments, each a string or a builder of tmp_path; NVML profile; exit code; words in the one line)
+BAD_INPUTS = {
+    "missing config": (["train", _missing], "h100-sxm", 10, "not found"),
+    "unparsable YAML": (["train", _write("bad.yaml", "model: [unclosed\n")], "h100-sxm", 11, "not valid YAML (line"),
+    "not a mapping": (["train", _write("list.yaml", "- a\n- b\n")], "h100-sxm", 12, "mapping"),
+    "unknown precision flag": (["train", DEMO, "--fp4"], "h100-sxm", 64, "unrecognized arguments: --fp4"),
+    "fp8 forced on A100": (["train", DEMO, "--fp8"], "a100", 2, "FP8 refused"),
+    "no GPU": (["train", DEMO], "no-gpu", 3, "--gpus all"),
+    "output dir not writable": (["train", DEMO, "--allow-cpu", _not_writable_output], "no-gpu", 14, "not writable"),
+    "no model": (["train", _write("nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
+    "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
+    "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
+    "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
+    "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
+}
+# The issue's list: each of these has an exit code of its own.
+ISSUE_CASES = (
     "missing config", "unparsable YAML", "not a mapping", "unknown precision flag", "fp8 forced on A100", "no GPU",
-    "output dir not writable", "no model", "malformed override", "unknown backend", "bf16 forced on T4",
-    "NNODES without MASTER_ADDR",
-]
+    "output dir not writable",
+)
 
 
-@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_and_its_own_exit_code(tmp_path, case):
-    args, profile, exit_code, words = bad_inputs(tmp_path)[case]
+    arguments, profile, exit_code, words = BAD_INPUTS[case]
+    args = [arg(tmp_path) if callable(arg) else arg for arg in arguments]
     extra = {"NNODES": "2", "NODE_RANK": "0"} if "NNODES" in case else {}
     result = run_cli(*args, profile=profile, **extra)
     assert result.returncode == exit_code, result.stderr
@@ -55,8 +63,6 @@ def test_bad_input_is_one_line_and_its_own_exit_code(tmp_path, case):
     assert "accelerate.commands.launch" not in result.stdout, "nothing may launch"
 
 
-def test_exit_codes_are_distinct(tmp_path):
-    cases = bad_inputs(tmp_path)
-    assert list(cases) == CASE_NAMES
-    codes = [code for _args, _profile, code, _words in list(cases.values())[:ISSUE_CASES]]
+def test_exit_codes_are_distinct():
+    codes = [BAD_INPUTS[case][2] for case in ISSUE_CASES]
     assert len(codes) == len(set(codes))
