@@ -42,15 +42,19 @@ class Case:
     batch: int = 4
     seq: int = 2048
     extra: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        depth = f"{self.layers}L" if self.layers else "full-depth"
-        return f"{self.shape}-{depth}-{self.finetuning}-{self.precision}{'-compiled' if self.compile else '-eager'}"
+    backend: str = "torchao"  # the FP8 backend; ignored for bf16
+    repeat: int = 0  # repeated runs of one case in one call are told apart by this
 
     @property
     def pair(self) -> str:
-        return self.name.rsplit("-", 2)[0] + ("-compiled" if self.compile else "-eager")
+        """What an FP8 run and its BF16 baselines share."""
+        depth = f"{self.layers}L" if self.layers else "full-depth"
+        return f"{self.shape}-{depth}-{self.finetuning}" + (f"-r{self.repeat}" if self.repeat else "")
+
+    @property
+    def name(self) -> str:
+        precision = "fp8-te" if self.precision == "fp8" and self.backend == "te" else self.precision
+        return f"{self.pair}-{precision}-{'compiled' if self.compile else 'eager'}"
 
 
 @dataclass
@@ -66,11 +70,17 @@ class Result:
     error: str | None = None
 
 
-def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=()):
-    cases = [Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra) for p in ("bf16", "fp8")]
+def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=(), repeat=0):
+    cases = [Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra, repeat=repeat) for p in ("bf16", "fp8")]
     if bf16_eager:
-        cases.insert(0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra))
+        cases.insert(0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra, repeat=repeat))
     return cases
+
+
+def transformer_engine_side_by_side(shape, layers, steps=30):
+    """TE runs eager (its delayed scaling refuses torch.compile): compare it with BF16 both ways and with torchao."""
+    eager = [Case(shape, layers, "full", "bf16", False, steps), Case(shape, layers, "full", "fp8", False, steps, backend="te")]
+    return eager + pairs(shape, layers, "full", steps=steps)
 
 
 PLANS = {
@@ -80,6 +90,10 @@ PLANS = {
     "lora": pairs("llama-3.1-8b", None, "lora", steps=30, batch=2,
                   extra=("lora_target=all", "lora_rank=16", "disable_gradient_checkpointing=false")),
     "parity": pairs("llama-3.2-1b", None, "full", steps=200),
+    # the smallest measured pair again, twice, the second in the other order, to see the noise
+    "repeat": pairs("llama-3.2-1b", 4, "full", steps=20, repeat=1) + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
+    "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
+    "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],
 }
 
 
@@ -137,6 +151,7 @@ def run_case(case: Case, model_dir: Path, data: Path, work: Path, log_dir: Path)
     output_dir = work / "runs" / case.name
     args = [
         sys.executable, "-m", "llamafactory_fp8", "train", str(BENCH_YAML), f"--{case.precision}",
+        *(("--backend", case.backend) if case.precision == "fp8" else ()),
         f"model_name_or_path={model_dir}", f"output_dir={output_dir}", f"dataset_dir={data}",
         f"finetuning_type={case.finetuning}", f"max_steps={case.steps}",
         f"per_device_train_batch_size={case.batch}", f"cutoff_len={case.seq}",
@@ -197,26 +212,30 @@ def environment() -> dict:
 
 
 def ratio_table(results: list[Result]) -> list[dict]:
-    """One row per pair: FP8 compiled against BF16 compiled (and BF16 eager where it ran)."""
+    """One row per FP8 run: against BF16 with the same compile setting, and against BF16 compiled and eager."""
     rows = []
-    by_name = {r.case.name: r for r in results}
+    bf16 = {(r.case.pair, r.case.compile): r for r in results if r.case.precision == "bf16" and r.tokens_per_s}
     for r in results:
         if r.case.precision != "fp8":
             continue
-        base = by_name.get(r.case.name.replace("-fp8-", "-bf16-"))
-        eager = by_name.get(r.case.name.replace("-fp8-compiled", "-bf16-eager"))
-        row = {"pair": r.case.pair, "fp8_layers": r.fp8_layers, "fp8_tokens_per_s": r.tokens_per_s}
-        if base and base.tokens_per_s and r.tokens_per_s:
-            row["bf16_tokens_per_s"] = base.tokens_per_s
-            row["speedup_vs_bf16_compiled"] = round(r.tokens_per_s / base.tokens_per_s, 3)
-            row["memory_ratio"] = round(r.peak_allocated_gib / base.peak_allocated_gib, 3) if base.peak_allocated_gib else None
-            common = sorted(set(r.losses) & set(base.losses))
+        row = {
+            "pair": r.case.pair, "shape": r.case.shape, "layers": r.case.layers, "finetuning": r.case.finetuning,
+            "backend": r.case.backend, "compile": r.case.compile, "repeat": r.case.repeat,
+            "fp8_layers": r.fp8_layers, "fp8_tokens_per_s": r.tokens_per_s,
+        }  # fmt: skip
+        for compiled, label in ((True, "compiled"), (False, "eager")):
+            base = bf16.get((r.case.pair, compiled))
+            if base and r.tokens_per_s:
+                row[f"speedup_vs_bf16_{label}"] = round(r.tokens_per_s / base.tokens_per_s, 3)
+        same = bf16.get((r.case.pair, r.case.compile))
+        if same and r.tokens_per_s:
+            row["bf16_tokens_per_s"] = same.tokens_per_s
+            row["memory_ratio"] = round(r.peak_allocated_gib / same.peak_allocated_gib, 3) if same.peak_allocated_gib else None
+            common = sorted(set(r.losses) & set(same.losses))
             if common:
                 last = common[-1]
                 row["loss_step"] = last
-                row["loss_rel_diff"] = round((r.losses[last] - base.losses[last]) / base.losses[last], 4)
-        if eager and eager.tokens_per_s and r.tokens_per_s:
-            row["speedup_vs_bf16_eager"] = round(r.tokens_per_s / eager.tokens_per_s, 3)
+                row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
         rows.append(row)
     return rows
 
@@ -238,10 +257,11 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
             f"| {r.case.name} | {r.exit_code} | {r.tokens_per_s and round(r.tokens_per_s)} | {r.peak_allocated_gib} | "
             f"{r.fp8_layers and f'{r.fp8_layers[0]}/{r.fp8_layers[1]}'} | {last and r.losses[last]} | {r.wall_s} |"
         )
-    lines += ["", "| pair | FP8 / BF16 compiled | FP8 / BF16 eager | memory FP8 / BF16 | loss rel. diff (step) |", "|---|---|---|---|---|"]
+    lines += ["", "| FP8 run | FP8 / BF16 compiled | FP8 / BF16 eager | memory FP8 / BF16 | loss rel. diff (step) |", "|---|---|---|---|---|"]
     for row in rows:
+        label = f"{row['pair']} {row['backend']} {'compiled' if row['compile'] else 'eager'}"
         lines.append(
-            f"| {row['pair']} | {row.get('speedup_vs_bf16_compiled')} | {row.get('speedup_vs_bf16_eager')} | "
+            f"| {label} | {row.get('speedup_vs_bf16_compiled')} | {row.get('speedup_vs_bf16_eager')} | "
             f"{row.get('memory_ratio')} | {row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
         )
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import pytest
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
 from llamafactory_fp8.gpus import read_gpus
 from llamafactory_fp8.model_facts import read_model_facts
-from llamafactory_fp8.policy import Request, TrainingFacts, decide
+from llamafactory_fp8.policy import FP8_BACKEND_PREFERENCE, Request, TrainingFacts, decide
 
 from .conftest import BENCH_MODELS
 
@@ -28,7 +28,8 @@ CASES = [
     ("rtx4090", "llama-3.2-1b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
     ("h100-sxm", "llama-3.1-8b", FULL, Request(backend="te"), BOTH, ("fp8", "te", 1)),
     ("h100-sxm", "llama-3.1-8b", FULL, Request(), frozenset({"te"}), ("fp8", "te", 1)),
-    ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="lora"), Request(), BOTH, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="lora"), Request(), BOTH, ("fp8", "torchao", 1)),
+    ("h100-sxm", "qwen2.5-7b", TrainingFacts(finetuning_type="lora"), Request(), BOTH, ("bf16", None, 1)),
     ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="lora"), Request("fp8"), BOTH, ("fp8", "torchao", 1)),
     ("h100-sxm", None, FULL, Request(), BOTH, ("bf16", None, 1)),
     ("h100-sxm", "llama-3.1-8b", FULL, Request("bf16"), BOTH, ("bf16", None, 1)),
@@ -109,34 +110,50 @@ def test_small_model_stays_bf16_and_says_why(nvml_profile):
     assert any("0.10B" in reason for reason in decision.reasons)
 
 
-def measured_pairs():
-    """(shape, layers, FP8 / BF16-compiled speedup) of every full fine-tuning pair in bench/results/."""
-    import json
-    import re
+def measured_speedups(backend: str = "torchao", against: str = "compiled"):
+    """{(shape, layers, finetuning): mean speedup of FP8 through backend over BF16 (compiled or eager)}, over
+    every committed result."""
+    import statistics
 
+    runs: dict[tuple, list[float]] = {}
     for path in sorted((BENCH_MODELS.parent / "results").glob("*/*.json")):
         if path.parent.name.startswith("superseded"):
             continue  # measured before the launcher dropped the short last batch
         for row in json.loads(path.read_text())["ratios"]:
-            found = re.match(r"(.+?)-(\d+L|full-depth)-full-compiled$", row["pair"])
-            if found and row.get("speedup_vs_bf16_compiled"):
-                layers = None if found[2] == "full-depth" else int(found[2][:-1])
-                yield found[1], layers, row["speedup_vs_bf16_compiled"]
+            speedup = row.get(f"speedup_vs_bf16_{against}")
+            if row["backend"] == backend and speedup:
+                runs.setdefault((row["shape"], row["layers"], row["finetuning"]), []).append(speedup)
+    return {key: statistics.mean(values) for key, values in runs.items()}
 
 
-def test_auto_threshold_follows_the_committed_measurements(nvml_profile):
-    """Auto picks FP8 exactly where the benchmark measured it winning by 5% or more."""
+def test_auto_never_keeps_the_slower_precision_on_a_measured_shape(nvml_profile):
+    """FP8 where it was measured 5% faster or more (the crossover), and never BF16 where BF16 was measured more
+    than 3% slower, nor FP8 where FP8 was."""
     from dataclasses import replace
 
     from llamafactory_fp8.model_facts import estimate_parameters
 
     nvml_profile("h100-sxm")
-    pairs = list(measured_pairs())
-    assert len(pairs) >= 4
-    for shape, layers, speedup in pairs:
+    speedups = measured_speedups()
+    assert {finetuning for _, _, finetuning in speedups} == {"full", "lora"}
+    for (shape, layers, finetuning), speedup in speedups.items():
         facts = read_model_facts(str(BENCH_MODELS / shape))
         if layers:
             config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
             facts = replace(facts, num_parameters=estimate_parameters({**config, "num_hidden_layers": layers}))
-        decision = decide(read_gpus({}), facts, FULL, Request(), frozenset({"torchao"}))
-        assert (decision.precision == "fp8") == (speedup >= 1.05), (shape, layers, speedup)
+        training = TrainingFacts(finetuning_type=finetuning)
+        chosen = decide(read_gpus({}), facts, training, Request(), frozenset({"torchao"})).precision
+        if speedup >= 1.05:
+            assert chosen == "fp8", (shape, layers, finetuning, speedup)
+        if chosen == "bf16":
+            assert speedup <= 1.03, (shape, layers, finetuning, speedup)
+        else:
+            assert speedup >= 0.97, (shape, layers, finetuning, speedup)
+
+
+def test_the_preferred_backend_is_the_fastest_measured():
+    """Compared where both ran, each against BF16 eager measured in the same call as itself."""
+    torchao, te = measured_speedups("torchao", "eager"), measured_speedups("te", "eager")
+    assert set(torchao) & set(te)
+    for key in set(torchao) & set(te):
+        assert (torchao[key] >= te[key]) == (FP8_BACKEND_PREFERENCE[0] == "torchao"), key
