@@ -47,7 +47,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     for label in ("GPUs", "model", "training", "choice", "why", "accelerate", "command"):
         assert f"\n  {label}" in result.stdout
-    assert "-m llamafactory.launcher" in result.stdout and "use_cpu=true" in result.stdout
+    assert "-m llamafactory_fp8.trainer" in result.stdout and "use_cpu=true" in result.stdout
     assert not output_dir.exists() and not (tmp_path / "m").exists()
 
 

@@ -19,7 +19,9 @@ from .launcher import build_command, child_environment, run
 from .model_facts import read_model_facts
 from .policy import Decision, Request, TrainingFacts, decide
 from .report import describe_gpus, render_block
+from .resume import RunRecord, outcome, plan_resume, read_run_record, record_path, write_run_record
 from .run_state import RunState, read_run_state, state_path, write_run_state
+from .stop_request import STOPPED_EXIT_CODE, StopAnswer, StopFiles
 from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
@@ -100,6 +102,8 @@ class Plan:
         self.uses_demo = config_path.is_file() and config_path.samefile(paths.demo_config())
         self.workdir = paths.project_home() if args.config is None else Path.cwd()
         self.training: TrainingConfig = load_training_config(config_path, overrides)
+        self.output_dir = self.resolve(self.training.output_dir)
+        self.topology = read_topology()
         self.gpus = gpus
         self.model = read_model_facts(str(self.resolve(self.training.model)))
         self.decision: Decision = decide(
@@ -112,6 +116,10 @@ class Plan:
         self.training_keys = {**self.training.overrides, **self.decision.training_keys}
         if self.decision.deepspeed_stage is not None:
             self.training_keys["deepspeed"] = str(paths.deepspeed_config(self.decision.deepspeed_stage))
+        self.run_record = record_path(self.output_dir, self.topology.machine_rank if self.topology.num_machines > 1 else None)
+        self.resume = plan_resume(self.output_dir, read_run_record(self.run_record), self.training.values)
+        if self.resume:
+            self.training_keys.update(self.resume.training_keys)
         self.replaced = {
             key: (self.training.values[key], value)
             for key, value in self.decision.training_keys.items()
@@ -124,19 +132,17 @@ class Plan:
 
 def train_command(args: argparse.Namespace) -> int:
     plan = Plan(args, args.overrides, read_gpus())
-    output_dir = plan.resolve(plan.training.output_dir)
-    check_output_dir_writable(output_dir)
-    topology = read_topology()
+    check_output_dir_writable(plan.output_dir)
     if args.accelerate_config:
         check_user_config_matches(args.accelerate_config, plan.decision)
         accelerate_config, sources, rendered = args.accelerate_config.resolve(), [], None
     else:
-        rendered, sources = render_accelerate_config(plan.decision, topology, paths.accelerate_configs_dir())
-        accelerate_config = output_dir / _accelerate_config_name(topology)
+        rendered, sources = render_accelerate_config(plan.decision, plan.topology, paths.accelerate_configs_dir())
+        accelerate_config = plan.output_dir / _accelerate_config_name(plan.topology)
     command = build_command(accelerate_config, plan.resolve(plan.training.path), plan.training_keys)
     print(
         render_block(
-            plan.gpus, plan.training, plan.model, plan.decision, plan.replaced,
+            plan.gpus, plan.training, plan.model, plan.decision, plan.replaced, plan.resume,
             accelerate_config, sources, command, plan.workdir,
         ),
         flush=True,
@@ -148,15 +154,33 @@ def train_command(args: argparse.Namespace) -> int:
     if plan.uses_demo and plan.model is None:
         _build_demo_model(plan)
     state_file = state_path()
-    state = RunState(0, str(output_dir.resolve()), plan.decision.device, time.time())
+    stop_files = StopFiles.in_dir(state_file.parent)
+    stop_files.clear()
+    state = RunState(0, str(plan.output_dir.resolve()), plan.decision.device, time.time())
+    write_run_record(RunRecord("running"), plan.run_record)
     exit_code = run(
         command,
-        child_environment(dict(os.environ), topology, plan.decision.device),
+        child_environment(dict(os.environ), plan.topology, plan.decision.device),
+        stop_files,
         cwd=plan.workdir,
         on_start=lambda pid: write_run_state(replace(state, trainer_pid=pid), state_file),
     )
+    answer = stop_files.read_answer()
+    if answer is not None and exit_code == 0:
+        exit_code = STOPPED_EXIT_CODE
+        print(f"llamafactory-fp8: {_describe_stop(answer)}", file=sys.stderr, flush=True)
+    write_run_record(outcome(exit_code), plan.run_record)
     write_run_state(replace(read_run_state(state_file) or state, exit_code=exit_code), state_file)
     return exit_code
+
+
+def _describe_stop(answer: StopAnswer) -> str:
+    if answer.checkpoint is None:
+        return f"stopped on request before the first step, with nothing to save; run the same command again to start (exit {STOPPED_EXIT_CODE})"
+    return (
+        f"stopped on request after step {answer.step}, checkpoint saved in {answer.checkpoint}; "
+        f"run the same command again to resume from it (exit {STOPPED_EXIT_CODE})"
+    )
 
 
 def inspect_command(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Start `accelerate launch ... llamafactory.launcher CONFIG`, forward signals to it and return its exit code."""
+"""Start `accelerate launch ... llamafactory_fp8.trainer CONFIG`, turn signals into a stop request, return its exit code."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .stop_request import StopFiles
 from .topology import Topology
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def build_command(accelerate_config: Path, training_config: Path, training_keys: dict[str, object]) -> list[str]:
-    """LLaMA-Factory's module entry under `accelerate launch`: `llamafactory-cli train` would re-launch itself
-    through torchrun when it sees several GPUs, nesting two launchers."""
+    """LLaMA-Factory's `run_exp` through our trainer module (it adds the stop-on-request callback) under
+    `accelerate launch`: `llamafactory-cli train` would re-launch itself through torchrun when it sees several GPUs,
+    nesting two launchers."""
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(accelerate_config),
-        "-m", "llamafactory.launcher",
+        "-m", "llamafactory_fp8.trainer",
         str(training_config),
         *(f"{key}={format_value(value)}" for key, value in training_keys.items()),
     ]  # fmt: skip
@@ -45,22 +47,36 @@ def child_environment(environ: dict[str, str], topology: Topology, device: str) 
 def run(
     command: list[str],
     env: dict[str, str],
+    stop_files: StopFiles,
     cwd: Path | None = None,
     on_start: Callable[[int], None] = lambda pid: None,
 ) -> int:
-    """Run the trainer in its own process group so that one SIGTERM from Docker or Kubernetes reaches every
-    rank, exactly once; return its exit code, or 128+N when a signal N ended it."""
-    child = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
-    on_start(child.pid)
+    """Run the trainer in its own process group. The first SIGINT, SIGTERM or SIGHUP (Docker and Kubernetes send
+    SIGTERM, then wait out a grace period) asks it to checkpoint and stop; a second one ends the whole group at
+    once. Return its exit code, or 128+N when signal N ended it."""
+    child: subprocess.Popen | None = None
+    received: list[int] = []
 
-    def forward(signum, _frame):
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
+    def on_signal(signum, _frame):
+        received.append(signum)
+        if len(received) == 1:
+            stop_files.ask()
+            print(
+                f"llamafactory-fp8: {signal.Signals(signum).name}: the trainer will save a checkpoint and stop after "
+                "its current step; send the signal again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif child is not None:
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
+        child = subprocess.Popen(command, env={**env, **stop_files.environment()}, cwd=cwd, start_new_session=True)
+        on_start(child.pid)
         returncode = child.wait()
     finally:
         for sig, handler in previous.items():

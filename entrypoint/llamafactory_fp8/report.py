@@ -9,6 +9,7 @@ from . import __version__
 from .gpus import GpuInventory
 from .model_facts import ModelFacts
 from .policy import Decision
+from .resume import Resume
 from .training_config import TrainingConfig
 
 
@@ -50,6 +51,7 @@ def render_block(
     model: ModelFacts | None,
     decision: Decision,
     replaced: dict[str, tuple[object, object]],
+    resume: Resume | None,
     accelerate_config: Path,
     accelerate_sources: list[Path],
     command: list[str],
@@ -64,6 +66,8 @@ def render_block(
     ]
     if replaced:
         rows.append(("replaces", [f"{key}: {old!r} -> {new!r}" for key, (old, new) in replaced.items()]))
+    if resume:
+        rows.append(("resume", [f"from {resume.checkpoint}: {resume.why}" if resume.checkpoint else resume.why]))
     origin = f" (from {', '.join(p.name for p in accelerate_sources)})" if accelerate_sources else " (yours, as is)"
     rows.append(("accelerate", [f"{accelerate_config}{origin}"]))
     rows.append(("command", [f"cd {shlex.quote(str(workdir))} && {shlex.join(command)}"]))

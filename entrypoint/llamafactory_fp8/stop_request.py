@@ -1,0 +1,67 @@
+"""How the launcher asks the trainer to checkpoint and stop, and how the trainer answers: two files.
+
+A signal cannot carry this: under `accelerate launch` on several GPUs, torchrun's agent answers SIGTERM by
+killing its workers 30 s later, too soon to write a large checkpoint. So the launcher keeps the signal to itself
+and leaves a request file that every rank looks for at each step boundary."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, nothing lost; run the same command again
+_REQUEST_ENV = "LLAMAFACTORY_FP8_STOP_REQUEST"
+_ANSWER_ENV = "LLAMAFACTORY_FP8_STOP_ANSWER"
+
+
+@dataclass(frozen=True)
+class StopAnswer:
+    """What the trainer did when asked: the step it stopped after and the checkpoint it wrote (None before the
+    first step, when there is nothing to save)."""
+
+    step: int
+    checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class StopFiles:
+    request: Path
+    answer: Path
+
+    @classmethod
+    def in_dir(cls, state_dir: Path) -> StopFiles:
+        return cls(state_dir / "stop.request", state_dir / "stop.answer.json")
+
+    @classmethod
+    def from_environment(cls, environ: os._Environ | dict = os.environ) -> StopFiles | None:
+        if _REQUEST_ENV not in environ or _ANSWER_ENV not in environ:
+            return None
+        return cls(Path(environ[_REQUEST_ENV]), Path(environ[_ANSWER_ENV]))
+
+    def environment(self) -> dict[str, str]:
+        return {_REQUEST_ENV: str(self.request), _ANSWER_ENV: str(self.answer)}
+
+    def clear(self) -> None:
+        """A request or answer left by an earlier run must not stop or explain this one."""
+        self.request.unlink(missing_ok=True)
+        self.answer.unlink(missing_ok=True)
+
+    def ask(self) -> None:
+        self.request.parent.mkdir(parents=True, exist_ok=True)
+        self.request.touch()
+
+    def asked(self) -> bool:
+        return self.request.exists()
+
+    def write_answer(self, answer: StopAnswer) -> None:
+        partial = self.answer.with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(answer)))
+        partial.replace(self.answer)
+
+    def read_answer(self) -> StopAnswer | None:
+        try:
+            return StopAnswer(**json.loads(self.answer.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None

@@ -1,0 +1,62 @@
+"""Which checkpoint the same command continues from, given what the last run in output_dir left."""
+
+import json
+
+import pytest
+
+from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, read_run_record, record_path, write_run_record
+from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+
+
+def checkpoint(output_dir, step, complete=True):
+    folder = output_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "record, complete, cut_short, values, expected_keys",
+    [
+        (None, [20], [], {}, None),  # no run of ours here: LLaMA-Factory's own rule applies
+        (RunRecord("finished", 0), [20], [], {}, None),
+        (RunRecord("stopped", STOPPED_EXIT_CODE), [20, 37], [], {}, {"resume_from_checkpoint": "checkpoint-37"}),
+        (RunRecord("failed", 143), [20], [40], {}, {"resume_from_checkpoint": "checkpoint-20"}),
+        (RunRecord("running"), [], [20], {}, {"overwrite_output_dir": True}),
+        (RunRecord("failed", 1), [], [], {}, None),
+        (RunRecord("stopped", STOPPED_EXIT_CODE), [20], [], {"resume_from_checkpoint": "mine"}, None),
+    ],
+)
+def test_plan_resume(tmp_path, record, complete, cut_short, values, expected_keys):
+    for step in complete:
+        checkpoint(tmp_path, step)
+    for step in cut_short:
+        checkpoint(tmp_path, step, complete=False)
+    resume = plan_resume(tmp_path, record, values)
+    if expected_keys is None:
+        assert resume is None
+        return
+    keys = resume.training_keys
+    if "resume_from_checkpoint" in keys:
+        keys["resume_from_checkpoint"] = str(keys["resume_from_checkpoint"]).removeprefix(f"{tmp_path}/")
+    assert keys == expected_keys
+
+
+def test_a_run_left_only_cut_short_checkpoints_starts_over_and_says_why(tmp_path):
+    checkpoint(tmp_path, 20, complete=False)
+    resume = plan_resume(tmp_path, RunRecord("running"), {})
+    assert resume.why == (
+        "the last run in this output_dir ended without a word (killed, or its node lost) and left no complete "
+        "checkpoint (checkpoint-20): starting over"
+    )
+
+
+def test_the_record_round_trips_and_names_each_node(tmp_path):
+    path = record_path(tmp_path, machine_rank=1)
+    assert path.name == "llamafactory_fp8_run.node1.json"
+    for code, status in ((0, "finished"), (STOPPED_EXIT_CODE, "stopped"), (143, "failed")):
+        write_run_record(outcome(code), path)
+        assert read_run_record(path) == RunRecord(status, code)
+    assert record_path(tmp_path, machine_rank=None).name == "llamafactory_fp8_run.json"
