@@ -13,6 +13,7 @@ from llamafactory_fp8 import errors
 from llamafactory_fp8.gpus import read_gpus
 from llamafactory_fp8.model_facts import read_model_facts
 from llamafactory_fp8.policy import Request, TrainingFacts, decide
+from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
 
 from .conftest import BENCH_MODELS, ROOT
 
@@ -88,7 +89,7 @@ def test_job_gpu_limit_equals_the_launchers_process_count(nvml_profile):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == decision.num_processes
 
 
-def test_jobs_fail_fast_on_config_errors_and_retry_preemption():
+def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops():
     config_errors = sorted(
         cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
     ) + [errors.USAGE_EXIT_CODE]
@@ -96,7 +97,8 @@ def test_jobs_fail_fast_on_config_errors_and_retry_preemption():
         spec = job["spec"]
         rules = spec["podFailurePolicy"]["rules"]
         assert sorted(rules[0]["onExitCodes"]["values"]) == config_errors
-        assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [STOPPED_EXIT_CODE]
+        assert rules[2] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
         pod = spec["template"]["spec"]
         assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] >= 120
         assert pod["containers"][0]["livenessProbe"]["exec"]["command"] == ["llamafactory-fp8-healthcheck"]

@@ -26,10 +26,10 @@ def tiny_model(tmp_path_factory):
     return build_demo_model(tmp_path_factory.mktemp("model") / "tiny-llama", ROOT / "data")
 
 
-def start(output_dir: Path, model: Path, state_dir: Path, **env: str) -> subprocess.Popen:
+def start(output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "llamafactory_fp8", "train", "configs/examples/demo.yaml", "--allow-cpu",
-         f"output_dir={output_dir}", f"model_name_or_path={model}", f"max_steps={STEPS}"],
+         f"output_dir={output_dir}", f"model_name_or_path={model}", f"max_steps={STEPS}", *overrides],
         cwd=ROOT, env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -129,3 +129,13 @@ def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny
     answers = [json.loads((tmp_path / f"state{rank}" / "stop.answer.json").read_text()) for rank in (0, 1)]
     assert answers[0] == answers[1]
     assert (output_dir / f"checkpoint-{answers[0]['step']}").is_dir()
+
+
+
+@pytest.mark.slow
+def test_a_failing_trainer_exits_1_with_its_own_error_last(tmp_path, tiny_model):
+    code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", "dataset=no_such_dataset"))
+    assert code == 1
+    assert "Undefined dataset no_such_dataset" in stderr.strip().splitlines()[-1]
+    assert "CalledProcessError" not in stderr
+    assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {"status": "failed", "exit_code": 1}

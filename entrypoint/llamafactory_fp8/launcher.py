@@ -18,9 +18,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def build_command(accelerate_config: Path, training_config: Path, training_keys: dict[str, object]) -> list[str]:
     """LLaMA-Factory's `run_exp` through our trainer module (it adds the stop-on-request callback) under
     `accelerate launch`: `llamafactory-cli train` would re-launch itself through torchrun when it sees several GPUs,
-    nesting two launchers."""
+    nesting two launchers. `--quiet`: a failed trainer's own traceback is the one worth reading, not Accelerate's
+    on top of it."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable, "-m", "accelerate.commands.launch", "--quiet",
         "--config_file", str(accelerate_config),
         "-m", "llamafactory_fp8.trainer",
         str(training_config),

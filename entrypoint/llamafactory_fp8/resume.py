@@ -52,7 +52,7 @@ def write_run_record(record: RunRecord, path: Path) -> None:
 def read_run_record(path: Path) -> RunRecord | None:
     try:
         return RunRecord(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+    except (OSError, json.JSONDecodeError, TypeError):  # none yet, or output_dir unusable (reported later)
         return None
 
 
