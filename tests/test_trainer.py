@@ -1,0 +1,36 @@
+"""The trainer side's fix for Accelerate 1.11 against Transformer Engine 2.20, on a stand-in package laid out like
+TE 2.20: `transformer_engine.pytorch` does not import its `fp8` submodule, which Accelerate reads as an attribute."""
+
+import sys
+
+import pytest
+
+from llamafactory_fp8.trainer import let_accelerate_find_te_fp8
+
+
+@pytest.fixture
+def te_like_2_20(tmp_path, monkeypatch):
+    package = tmp_path / "transformer_engine" / "pytorch"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "fp8.py").write_text("def check_mxfp8_support():\n    return False, 'needs Blackwell'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in [name for name in sys.modules if name.startswith("transformer_engine")]:
+        del sys.modules[name]
+
+
+def test_te_runs_get_the_fp8_attribute_accelerate_reads(te_like_2_20, monkeypatch):
+    import transformer_engine.pytorch as te
+
+    assert not hasattr(te, "fp8")  # what failed on the GPU machine: AttributeError in Accelerate
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "TE")
+    let_accelerate_find_te_fp8()
+    assert te.fp8.check_mxfp8_support() == (False, "needs Blackwell")
+
+
+def test_other_runs_do_not_import_transformer_engine(te_like_2_20, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
+    let_accelerate_find_te_fp8()
+    assert "transformer_engine" not in sys.modules
