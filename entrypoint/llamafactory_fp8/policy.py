@@ -24,7 +24,8 @@ BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
 # 8 layers) 1.091x. LoRA: 8.03B (Llama-3.1-8B, full depth) 1.037x. FP8 wins on every measured shape. It wins by
 # 5% or more from 1.24B, but keeping BF16 below that would leave a 3.8% (0.51B) or 3.7% (LoRA 8B) gain on the
 # table, past the 3% that auto may lose; so each threshold sits at the smallest measured shape, and sizes below
-# it, never measured and where FP8's gain shrinks with size, stay in BF16.
+# it, never measured and where FP8's gain shrinks with size, stay in BF16. Freeze-tuning is not measured and
+# follows full fine-tuning.
 AUTO_FP8_MIN_PARAMETERS = {"full": 0.5e9, "freeze": 0.5e9, "lora": 8.0e9}
 
 # Preferred first, by measurement (bench/results/te*, Qwen2.5-7B shape, 6 layers, one H100): torchao compiled ran
