@@ -25,6 +25,10 @@ fetch() {
         "transformer_engine==$VERSION" nvidia-cudnn-frontend==1.32.0 einops==0.8.2 nvdlfw-inspect==0.2.2
     python3 -m pip download -q --no-deps --no-binary=transformer_engine_torch -d "$download" \
         "transformer_engine_torch==$VERSION"
+    # TE imports pydantic, which the GPU machine lacks; part 2 has room for it
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 -d .te2 pydantic==2.12.5 pydantic-core==2.41.5 annotated-types==0.7.0 \
+        typing-inspection==0.4.2
     (cd "$download" && sha256sum "$CORE_WHEEL" >core.sha256)
     head -c "$FIRST_PART_BYTES" "$download/$CORE_WHEEL" >.te1/core.part0
     tail -c +"$((FIRST_PART_BYTES + 1))" "$download/$CORE_WHEEL" >"$download/rest"
@@ -65,7 +69,8 @@ install() {
     tail -n 5 "$STASH/build.log"
     [ "$(cat "$STASH/build.rc" 2>/dev/null)" = 0 ] || { echo "the torch binding did not build"; exit 1; }
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$STASH/$CORE_WHEEL" \
-        "$STASH"/transformer_engine-"$VERSION"-py3-none-any.whl "$STASH"/wheel/transformer_engine_torch-*.whl
+        "$STASH"/transformer_engine-"$VERSION"-py3-none-any.whl "$STASH"/wheel/transformer_engine_torch-*.whl \
+        "$STASH"/pydantic*.whl "$STASH"/annotated_types-*.whl "$STASH"/typing_inspection-*.whl
     PYTHONPATH=$SITE python3 - <<'EOF'
 import torch
 import transformer_engine.pytorch as te
@@ -75,8 +80,8 @@ layer = te.Linear(4096, 4096, params_dtype=torch.bfloat16, device="cuda")
 x = torch.randn(2048, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 with te.fp8_autocast(enabled=True, fp8_recipe=DelayedScaling()):
     y = layer(x)
-y.float().pow(2).mean().backward()
-print("transformer_engine FP8 forward and backward ran:", y.shape, x.grad.abs().sum().item() > 0)
+y.sum().backward()  # gradients of one: the first step's FP8 scale is 1, so tiny ones would flush to zero
+print("transformer_engine FP8 forward and backward ran; input gradient nonzero:", bool(x.grad.abs().sum() > 0))
 EOF
 }
 
