@@ -19,7 +19,7 @@ from .conftest import BENCH_MODELS, ROOT
 
 TOOLS = Path(sys.executable).parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-SHELL_SCRIPTS = [ROOT / "scripts" / "bootstrap", ROOT / "docker" / "install-llamafactory.sh", ROOT / ".ci" / "run"]
+SHELL_SCRIPTS = [ROOT / "scripts" / "bootstrap", ROOT / "docker" / "install-llamafactory.sh", ROOT / ".ci" / "run", ROOT / "bench" / "transformer_engine.sh"]
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
 
 
