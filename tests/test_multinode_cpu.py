@@ -24,7 +24,8 @@ def test_two_nodes_train_as_one_group(tmp_path):
     port = str(free_port())
     nodes = []
     for rank in (0, 1):
-        env = cli_env("no-gpu", NNODES="2", JOB_COMPLETION_INDEX=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env = cli_env("no-gpu", NNODES="2", JOB_COMPLETION_INDEX=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                      LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / f"state{rank}"))  # each pod has its own /tmp
         nodes.append(subprocess.Popen(
             [sys.executable, "-m", "llamafactory_fp8", "train", "configs/examples/demo.yaml", "--allow-cpu",
              f"output_dir={tmp_path / 'out'}", f"model_name_or_path={model}", "max_steps=10"],  # shared, as on a PVC

@@ -25,7 +25,7 @@ def state_path(environ: os._Environ | dict = os.environ) -> Path:
 
 def write_run_state(state: RunState, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # launchers that share a state dir never share this file
     partial.write_text(json.dumps(asdict(state)))
     partial.replace(path)  # the healthcheck never reads half a file
 
