@@ -93,7 +93,7 @@ PLANS = {
     # the smallest measured pair again, twice, the second in the other order, to see the noise
     "repeat": pairs("llama-3.2-1b", 4, "full", steps=20, repeat=1) + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
-    "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],
+    "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
 }
 
 
