@@ -169,6 +169,13 @@ def train_command(args: argparse.Namespace) -> int:
     if answer is not None and exit_code == 0:
         exit_code = STOPPED_EXIT_CODE
         print(f"llamafactory-fp8: {_describe_stop(answer)}", file=sys.stderr, flush=True)
+    elif exit_code == 1:
+        print(
+            "llamafactory-fp8: training failed (exit 1); the trainer's error is above. A trainer killed outright, "
+            "by the out-of-memory killer for one, leaves none: look at the kernel log",
+            file=sys.stderr,
+            flush=True,
+        )
     write_run_record(outcome(exit_code), plan.run_record)
     write_run_state(replace(read_run_state(state_file) or state, exit_code=exit_code), state_file)
     return exit_code

@@ -3,6 +3,7 @@ writes a checkpoint and stops when the launcher asks (SIGTERM from Docker or Kub
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import os
 
@@ -65,6 +66,7 @@ def let_accelerate_find_te_fp8() -> None:
 
 
 def main() -> None:
+    faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
     let_accelerate_find_te_fp8()
     from llamafactory.train.tuner import run_exp
 
