@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, read_run_record, record_path, write_run_record
+from llamafactory_fp8.records import read_record, write_record
+from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, record_path
 from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+from llamafactory_fp8.topology import Topology
 
 
 def checkpoint(output_dir, step, complete=True):
@@ -54,9 +56,9 @@ def test_a_run_left_only_cut_short_checkpoints_starts_over_and_says_why(tmp_path
 
 
 def test_the_record_round_trips_and_names_each_node(tmp_path):
-    path = record_path(tmp_path, machine_rank=1)
+    path = record_path(tmp_path, Topology(num_machines=2, machine_rank=1))
     assert path.name == "llamafactory_fp8_run.node1.json"
     for code, status in ((0, "finished"), (STOPPED_EXIT_CODE, "stopped"), (143, "failed")):
-        write_run_record(outcome(code), path)
-        assert read_run_record(path) == RunRecord(status, code)
-    assert record_path(tmp_path, machine_rank=None).name == "llamafactory_fp8_run.json"
+        write_record(outcome(code), path)
+        assert read_record(RunRecord, path) == RunRecord(status, code)
+    assert record_path(tmp_path, Topology()).name == "llamafactory_fp8_run.json"

@@ -18,11 +18,12 @@ from .gpus import GpuInventory, read_gpus
 from .launcher import build_command, child_environment, run
 from .model_facts import read_model_facts
 from .policy import Decision, Request, TrainingFacts, decide
+from .records import read_record, write_record
 from .report import describe_gpus, render_block
-from .resume import RunRecord, outcome, plan_resume, read_run_record, record_path, write_run_record
-from .run_state import RunState, read_run_state, state_path, write_run_state
+from .resume import RunRecord, outcome, plan_resume, record_path
+from .run_state import RunState, state_path
 from .stop_request import STOPPED_EXIT_CODE, StopAnswer, StopFiles
-from .topology import Topology, read_topology
+from .topology import read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
 COMMANDS = ("train", "inspect")
@@ -116,8 +117,8 @@ class Plan:
         self.training_keys = {**self.training.overrides, **self.decision.training_keys}
         if self.decision.deepspeed_stage is not None:
             self.training_keys["deepspeed"] = str(paths.deepspeed_config(self.decision.deepspeed_stage))
-        self.run_record = record_path(self.output_dir, self.topology.machine_rank if self.topology.num_machines > 1 else None)
-        self.resume = plan_resume(self.output_dir, read_run_record(self.run_record), self.training.values)
+        self.run_record = record_path(self.output_dir, self.topology)
+        self.resume = plan_resume(self.output_dir, read_record(RunRecord, self.run_record), self.training.values)
         if self.resume:
             self.training_keys.update(self.resume.training_keys)
         self.replaced = {
@@ -138,7 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
         accelerate_config, sources, rendered = args.accelerate_config.resolve(), [], None
     else:
         rendered, sources = render_accelerate_config(plan.decision, plan.topology, paths.accelerate_configs_dir())
-        accelerate_config = plan.output_dir / _accelerate_config_name(plan.topology)
+        accelerate_config = plan.output_dir / f"accelerate_config{plan.topology.node_suffix}.yaml"
     command = build_command(accelerate_config, plan.resolve(plan.training.path), plan.training_keys)
     print(
         render_block(
@@ -157,13 +158,13 @@ def train_command(args: argparse.Namespace) -> int:
     stop_files = StopFiles.in_dir(state_file.parent)
     stop_files.clear()
     state = RunState(0, str(plan.output_dir.resolve()), plan.decision.device, time.time())
-    write_run_record(RunRecord("running"), plan.run_record)
+    write_record(RunRecord("running"), plan.run_record)
     exit_code = run(
         command,
         child_environment(dict(os.environ), plan.topology, plan.decision.device),
         stop_files,
         cwd=plan.workdir,
-        on_start=lambda pid: write_run_state(replace(state, trainer_pid=pid), state_file),
+        on_start=lambda pid: write_record(replace(state, trainer_pid=pid), state_file),
     )
     answer = stop_files.read_answer()
     if answer is not None and exit_code == 0:
@@ -176,8 +177,8 @@ def train_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    write_run_record(outcome(exit_code), plan.run_record)
-    write_run_state(replace(read_run_state(state_file) or state, exit_code=exit_code), state_file)
+    write_record(outcome(exit_code), plan.run_record)
+    write_record(replace(read_record(RunState, state_file) or state, exit_code=exit_code), state_file)
     return exit_code
 
 
@@ -216,13 +217,6 @@ def _build_demo_model(plan: Plan) -> None:
     destination = plan.resolve(plan.training.model)
     print(f"building the demo model at {destination} (tiny random-init Llama, offline)", flush=True)
     build_demo_model(destination, plan.resolve(str(plan.training.values.get("dataset_dir", "data"))))
-
-
-def _accelerate_config_name(topology: Topology) -> str:
-    """Nodes of one job often share output_dir; each keeps its own machine_rank."""
-    if topology.num_machines > 1:
-        return f"accelerate_config.node{topology.machine_rank}.yaml"
-    return "accelerate_config.yaml"
 
 
 def _training_facts(training: TrainingConfig) -> TrainingFacts:

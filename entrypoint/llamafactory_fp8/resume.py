@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .stop_request import STOPPED_EXIT_CODE
+from .topology import Topology
 
 Status = Literal["running", "stopped", "failed", "finished"]
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # Transformers' PREFIX_CHECKPOINT_DIR and step
@@ -38,22 +39,8 @@ class Resume:
         return {"resume_from_checkpoint": str(self.checkpoint)}
 
 
-def record_path(output_dir: Path, machine_rank: int | None) -> Path:
-    """Nodes of one job often share output_dir; each records its own run, as with its Accelerate config."""
-    suffix = "" if machine_rank is None else f".node{machine_rank}"
-    return output_dir / f"llamafactory_fp8_run{suffix}.json"
-
-
-def write_run_record(record: RunRecord, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(record)))
-
-
-def read_run_record(path: Path) -> RunRecord | None:
-    try:
-        return RunRecord(**json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError):  # none yet, or output_dir unusable (reported later)
-        return None
+def record_path(output_dir: Path, topology: Topology) -> Path:
+    return output_dir / f"llamafactory_fp8_run{topology.node_suffix}.json"
 
 
 def outcome(exit_code: int) -> RunRecord:

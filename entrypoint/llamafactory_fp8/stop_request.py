@@ -6,10 +6,11 @@ and leaves a request file that every rank looks for at each step boundary."""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from .records import read_record, write_record
 
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, nothing lost; run the same command again
 _REQUEST_ENV = "LLAMAFACTORY_FP8_STOP_REQUEST"
@@ -56,12 +57,7 @@ class StopFiles:
         return self.request.exists()
 
     def write_answer(self, answer: StopAnswer) -> None:
-        partial = self.answer.with_suffix(".tmp")
-        partial.write_text(json.dumps(asdict(answer)))
-        partial.replace(self.answer)
+        write_record(answer, self.answer)
 
     def read_answer(self) -> StopAnswer | None:
-        try:
-            return StopAnswer(**json.loads(self.answer.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError):
-            return None
+        return read_record(StopAnswer, self.answer)

@@ -17,6 +17,11 @@ class Topology:
     main_process_ip: str | None = None
     main_process_port: int | None = None
 
+    @property
+    def node_suffix(self) -> str:
+        """Nodes of one job often share output_dir: each node's own files there carry its rank."""
+        return f".node{self.machine_rank}" if self.num_machines > 1 else ""
+
 
 def read_topology(environ: os._Environ | dict = os.environ) -> Topology:
     """NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT as torchrun names them; an indexed Job's completion index is

@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 
 from llamafactory_fp8.gpus import read_gpus
-from llamafactory_fp8.run_state import read_run_state, state_path
+from llamafactory_fp8.records import read_record
+from llamafactory_fp8.run_state import RunState, state_path
 
 from .checks import Windows, check_gpus, check_progress, check_trainer_alive
 
 
 def main() -> int:
     path = state_path()
-    state = read_run_state(path)
+    state = read_record(RunState, path)
     if state is None:
         print(f"unhealthy: no training run recorded at {path}")
         return 1
