@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,25 @@ def run_cli(*args: str, profile: str = "no-gpu", cwd: Path = ROOT, timeout: floa
         text=True,
         timeout=timeout,
     )
+
+
+def start_demo_training(output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
+    """The launcher training the demo on the CPU, in the background, with its own state dir, as in its own pod."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llamafactory_fp8", "train", "configs/examples/demo.yaml", "--allow-cpu",
+         f"output_dir={output_dir}", f"model_name_or_path={model}", *overrides],
+        cwd=ROOT, env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
+    """Two launchers on localhost as the two pods of an Indexed Job, sharing output_dir as on a PVC."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    return [
+        start_demo_training(output_dir, model, tmp_path / f"state{rank}", *overrides,
+                            NNODES="2", JOB_COMPLETION_INDEX=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        for rank in (0, 1)
+    ]  # fmt: skip

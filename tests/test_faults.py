@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import pytest
 from llamafactory_fp8.demo import build_demo_model
 from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
 
-from .conftest import ROOT, cli_env
-from .test_multinode_cpu import free_port
+from .conftest import ROOT, start_demo_training, start_two_nodes
 
 STEPS = 400  # long enough that a signal sent at the first log line lands well before the end
 
@@ -26,13 +24,8 @@ def tiny_model(tmp_path_factory):
     return build_demo_model(tmp_path_factory.mktemp("model") / "tiny-llama", ROOT / "data")
 
 
-def start(output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llamafactory_fp8", "train", "configs/examples/demo.yaml", "--allow-cpu",
-         f"output_dir={output_dir}", f"model_name_or_path={model}", f"max_steps={STEPS}", *overrides],
-        cwd=ROOT, env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def start(output_dir: Path, model: Path, state_dir: Path, *overrides: str) -> subprocess.Popen:
+    return start_demo_training(output_dir, model, state_dir, f"max_steps={STEPS}", *overrides)
 
 
 def wait_for_training(output_dir: Path, launcher: subprocess.Popen, timeout: float = 300) -> None:
@@ -115,13 +108,8 @@ def test_a_second_signal_stops_at_once_and_the_rerun_resumes_from_the_last_perio
 def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny_model):
     """Kubernetes evicts one pod of an Indexed Job: its rank sees the request, and the other must stop with it
     rather than wait forever in the next collective."""
-    port = str(free_port())
     output_dir = tmp_path / "out"
-    nodes = [
-        start(output_dir, tiny_model, tmp_path / f"state{rank}",
-              NNODES="2", JOB_COMPLETION_INDEX=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        for rank in (0, 1)
-    ]  # fmt: skip
+    nodes = start_two_nodes(output_dir, tiny_model, tmp_path, f"max_steps={STEPS}")
     wait_for_training(output_dir, nodes[0])
     nodes[1].send_signal(signal.SIGTERM)
     results = [finish(node) for node in nodes]
