@@ -309,11 +309,11 @@ def main() -> int:
         if index + 1 == len(cases) or (cases[index + 1].shape, cases[index + 1].layers) != (case.shape, case.layers):
             shutil.rmtree(model_dir)
         results.append(result)
-        write_results(args, env, results)
+        report = write_results(args, env, results)
         print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
               f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
 
-    print(write_results(args, env, results))
+    print(report)
     return 0 if all(r.exit_code == 0 for r in results) else 1
 
 
