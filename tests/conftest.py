@@ -19,6 +19,24 @@ FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 BENCH_MODELS = ROOT / "bench" / "models"
 
 
+SUMMARY = pytest.StashKey[list]()  # lines for the end of the test run (the image's build time and size)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in config.stash.get(SUMMARY, []):
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def container_tools() -> None:
+    """Docker's engine with the Compose plugin, and kustomize: started (installed, in CI) by
+    scripts/container-tools; the tests that need them skip, saying why, where they cannot be had."""
+    result = subprocess.run([str(ROOT / "scripts" / "container-tools")], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        said = (result.stderr + result.stdout).strip().splitlines() or [f"scripts/container-tools exited {result.returncode}"]
+        pytest.skip(f"no container tools: {said[-1]}")
+
+
 def profile_path(name: str) -> Path:
     return PROFILES / f"{name}.json"
 

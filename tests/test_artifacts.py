@@ -1,6 +1,7 @@
-"""The image, compose stack and Kubernetes Jobs, checked by real validators (no Docker engine or cluster runs
-here) and for what matters to a user."""
+"""The image's Dockerfile, the compose stack and the Kubernetes Jobs, checked by real validators and for what
+matters to a user. (tests/test_container.py builds and runs the image itself.)"""
 
+import json
 import re
 import subprocess
 import sys
@@ -20,10 +21,10 @@ from .conftest import BENCH_MODELS, ROOT
 TOOLS = Path(sys.executable).parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SHELL_SCRIPTS = [
-    ROOT / "scripts" / "bootstrap", ROOT / "scripts" / "lock", ROOT / "scripts" / "docker-engine",
+    ROOT / "scripts" / "bootstrap", ROOT / "scripts" / "lock", ROOT / "scripts" / "container-tools",
     ROOT / "docker" / "standin" / "build", ROOT / ".ci" / "run", ROOT / "bench" / "transformer_engine.sh",
 ]  # fmt: skip
-MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
+KUSTOMIZATIONS = {"one node": ROOT / "k8s", "several nodes": ROOT / "k8s" / "multinode"}
 
 
 def validate(tool: str, *args: str) -> None:
@@ -43,8 +44,20 @@ def test_compose_file_matches_the_compose_spec():
     validate("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml")
 
 
-def test_kubernetes_manifests_pass_schema_validation():
-    validate("kubernetes-validate", "--strict", *(str(m) for m in MANIFESTS if m.name != "kustomization.yaml"))
+@pytest.fixture(scope="module")
+def rendered(container_tools, tmp_path_factory) -> dict[str, Path]:
+    """What `kubectl apply -k` applies, rendered by kustomize."""
+    out = tmp_path_factory.mktemp("k8s")
+    paths = {}
+    for label, folder in KUSTOMIZATIONS.items():
+        result = subprocess.run(["kustomize", "build", str(folder)], capture_output=True, text=True, check=True)
+        paths[label] = out / f"{folder.name}.yaml"
+        paths[label].write_text(result.stdout)
+    return paths
+
+
+def test_kubernetes_manifests_pass_schema_validation(rendered):
+    validate("kubernetes-validate", "--strict", *map(str, rendered.values()))
 
 
 def test_dockerfile_essentials():
@@ -77,26 +90,26 @@ def test_compose_services_share_one_definition_with_gpus_and_mounts():
         assert service["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", "the token comes from the environment"
 
 
-def jobs():
-    return [doc for m in MANIFESTS for doc in yaml.safe_load_all(m.read_text()) if doc and doc.get("kind") == "Job"]
+def documents(rendered, kind: str) -> list[dict]:
+    return [doc for path in rendered.values() for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == kind]
 
 
-def test_job_gpu_limit_equals_the_launchers_process_count(nvml_profile):
+def test_job_gpu_limit_equals_the_launchers_process_count(nvml_profile, rendered):
     nvml_profile("h100-sxm-x8")
     decision = decide(
         read_gpus({}), read_model_facts(str(BENCH_MODELS / "llama-3.1-8b")), TrainingFacts(finetuning_type="full"),
         Request(), frozenset({"torchao"}),
     )  # fmt: skip
-    for job in jobs():
+    for job in documents(rendered, "Job"):
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == decision.num_processes
 
 
-def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops():
+def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered):
     config_errors = sorted(
         cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
     ) + [errors.USAGE_EXIT_CODE]
-    for job in jobs():
+    for job in documents(rendered, "Job"):
         spec = job["spec"]
         rules = spec["podFailurePolicy"]["rules"]
         assert sorted(rules[0]["onExitCodes"]["values"]) == config_errors
@@ -108,11 +121,28 @@ def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops():
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), "/dev/shm in memory"
 
 
-def test_multinode_job_gives_the_launcher_rank_and_master():
-    (multinode,) = [job for job in jobs() if job["spec"].get("completionMode") == "Indexed"]
-    env = {e["name"]: e.get("value") for e in multinode["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["NNODES"] == str(multinode["spec"]["completions"])
-    assert env["MASTER_ADDR"].startswith(multinode["metadata"]["name"] + "-0.")
+def test_multinode_job_gives_the_launcher_rank_and_master(rendered):
+    (multinode,) = [job for job in documents(rendered, "Job") if job["spec"].get("completionMode") == "Indexed"]
+    pod = multinode["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["NNODES"] == str(multinode["spec"]["completions"]) == str(multinode["spec"]["parallelism"])
+    assert env["MASTER_ADDR"] == f"{multinode['metadata']['name']}-0.{pod['subdomain']}", "pod 0 through its DNS name"
+    (service,) = documents(rendered, "Service")
+    assert service["metadata"]["name"] == pod["subdomain"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"job-name": multinode["metadata"]["name"]}
+    assert "HF_TOKEN" in env, "the overlay adds to the single-node Job's environment rather than replacing it"
+
+
+def test_compose_cpu_override_drops_the_gpu_and_memlock_and_allows_the_cpu(container_tools):
+    merged = subprocess.run(
+        ["docker", "compose", "-f", "compose.yaml", "-f", "compose.cpu.yaml", "config", "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    services = json.loads(merged.stdout)["services"]
+    assert set(services) == set(compose()["services"])
+    for service in services.values():
+        assert "deploy" not in service and "memlock" not in service.get("ulimits", {})
+        assert service["entrypoint"][-1] == "--allow-cpu"
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "configs" / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -1,0 +1,233 @@
+"""The image, built from docker/Dockerfile on the NGC stand-in (docker/standin/), run as users run it: `docker run`,
+`docker compose` with compose.cpu.yaml, `docker stop`, the HEALTHCHECK. Containers run with no network. Skipped,
+saying why, where no Docker engine can be had (CI starts one through scripts/container-tools)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+
+from .conftest import ROOT, SUMMARY
+
+IMAGE = "llamafactory-fp8:latest"
+STANDIN = "llamafactory-fp8/ngc-standin:25.12-py3"
+CALLER = "4321"  # the uid and gid a user runs compose as
+GUARDED = ("torch", "transformer-engine", "flash-attn", "torchao")  # the base's own; the image must keep them
+
+pytestmark = pytest.mark.container
+
+
+def docker(*args: str, timeout: float = 300, check: bool = False, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check, env={**os.environ, **env}
+    )
+
+
+@pytest.fixture(scope="session")
+def image(container_tools, request) -> str:
+    """The stand-in base, then `docker compose build`, as a user builds the image from a clone."""
+    subprocess.run([str(ROOT / "docker" / "standin" / "build")], check=True, capture_output=True, timeout=900)
+    started = time.monotonic()
+    built = subprocess.run(
+        ["docker", "compose", "build", "train"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "BASE_IMAGE": STANDIN},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE, check=True).stdout)
+    request.config.stash.setdefault(SUMMARY, []).append(
+        f"image {IMAGE}: `docker compose build` on {STANDIN} took {time.monotonic() - started:.0f} s; "
+        f"{size / 2**30:.2f} GiB"
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A user's checkout as compose mounts it (configs, data, models, outputs), owned by the caller."""
+    for folder in ("configs", "data", "models"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "outputs").mkdir()
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        os.chown(path, int(CALLER), int(CALLER))
+    return tmp_path
+
+
+def compose(project: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.Popen:
+    """`docker compose -f compose.yaml -f compose.cpu.yaml ...` in `project`, as the caller, with no network."""
+    return subprocess.Popen(
+        ["docker", "compose", "--project-directory", str(project), "-f", str(ROOT / "compose.yaml"),
+         "-f", str(ROOT / "compose.cpu.yaml"), *args],
+        env={**os.environ, "UID": CALLER, "GID": CALLER, "LLAMAFACTORY_FP8_NETWORK": "none", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def logged_steps(log: Path) -> list[int]:
+    """The steps LLaMA-Factory logged a loss for (its last line, a summary, has none)."""
+    if not log.exists():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [entry["current_steps"] for entry in entries if "loss" in entry]
+
+
+def test_inspect_says_there_is_no_gpu(image):
+    result = docker("run", "--rm", "--network", "none", image, "inspect")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^GPUs:\n  none \(NVML", result.stdout, re.M), result.stdout
+    assert "train would refuse: no GPU visible" in result.stdout
+
+
+def test_training_without_a_gpu_is_refused_in_one_line(image):
+    result = docker("run", "--rm", "--network", "none", image, "--bf16")
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "--allow-cpu" in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_demo_trains_on_the_cpu_when_allowed(image):
+    result = docker("run", "--rm", "--network", "none", image, "--bf16", "--allow-cpu", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train_loss" in result.stdout + result.stderr
+
+
+def test_compose_on_the_cpu_trains_a_project_config_and_the_outputs_are_the_callers(image, project):
+    (project / "configs" / "my_model.yaml").write_text(
+        (project / "configs" / "examples" / "demo.yaml").read_text().replace("outputs/demo", "outputs/my_model")
+    )
+    code, output = finish(compose(project, "run", "--rm", "-T", "train-bf16", "configs/my_model.yaml"))
+    assert code == 0, output[-4000:]
+    outputs = project / "outputs" / "my_model"
+    assert (outputs / "model.safetensors").is_file() and (outputs / "trainer_state.json").is_file()
+    owners = {(path.stat().st_uid, path.stat().st_gid) for path in [outputs, *outputs.rglob("*")]}
+    assert owners == {(int(CALLER), int(CALLER))}
+
+
+def test_docker_stop_saves_a_checkpoint_exits_75_and_the_same_command_resumes(image, project):
+    name = f"lf8-stop-{uuid.uuid4().hex[:8]}"
+    command = ("run", "--rm", "-T", "--name", name, "train-bf16", "configs/examples/demo.yaml", "max_steps=400",
+               "save_steps=1000")  # fmt: skip
+    outputs = project / "outputs" / "demo"
+    run = compose(project, *command)
+    try:
+        wait_until(lambda: logged_steps(outputs / "trainer_log.jsonl") or run.poll() is not None, 300, "training")
+        started = time.monotonic()
+        stop = docker("stop", name, timeout=400)
+        code, output = finish(run)
+    finally:
+        docker("rm", "-f", name)
+    assert stop.returncode == 0 and time.monotonic() - started < 300, "stopped within compose's 5-minute grace"
+    assert code == STOPPED_EXIT_CODE, output[-4000:]
+    (checkpoint,) = outputs.glob("checkpoint-*")
+    stopped_at = int(checkpoint.name.split("-")[1])
+    assert 0 < stopped_at < 400
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == stopped_at, "complete"
+
+    code, output = finish(compose(project, *command[:3], *command[5:]))
+    assert code == 0, output[-4000:]
+    assert re.search(rf"^  resume +from \S*{checkpoint.name}: ", output, re.M), output[:3000]
+    steps = logged_steps(outputs / "trainer_log.jsonl")
+    assert steps == sorted(set(steps)) and steps[-1] == 400, "the step count continues where the stop left it"
+    assert any(step > stopped_at for step in steps) and min(s for s in steps if s > stopped_at) <= stopped_at + 2
+
+
+def health(name: str) -> str:
+    return docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+
+
+def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_trainer_freezes(image):
+    name, stall_after_s = f"lf8-health-{uuid.uuid4().hex[:8]}", 10
+    started = docker(
+        "run", "-d", "--name", name, "--network", "none", "--health-interval", "2s", "--health-retries", "1",
+        "--health-timeout", "30s", "--health-start-period", "0s", "-e", f"LLAMAFACTORY_FP8_STALL_AFTER_S={stall_after_s}",
+        image, "train", "configs/examples/demo.yaml", "--bf16", "--allow-cpu", "max_steps=100000", "save_steps=100000",
+        "logging_steps=1",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        in_container = lambda *cmd: docker("exec", name, *cmd)  # noqa: E731
+        wait_until(lambda: in_container("test", "-s", "outputs/demo/trainer_log.jsonl").returncode == 0, 300, "training")
+        time.sleep(stall_after_s + 4)  # longer than the stall window: only progress keeps it healthy
+        assert health(name) == "healthy"
+
+        state = json.loads(in_container("cat", "/tmp/llamafactory-fp8/run.json").stdout)
+        frozen_at = time.monotonic()
+        freeze = in_container("bash", "-c", f"kill -STOP -- -{state['trainer_pid']}")  # the trainer's process group
+        assert freeze.returncode == 0, freeze.stderr
+        wait_until(lambda: health(name) == "unhealthy", stall_after_s + 60, "the healthcheck to notice the freeze")
+        assert time.monotonic() - frozen_at >= stall_after_s - 2
+        last = json.loads(docker("inspect", "--format", "{{json .State.Health.Log}}", name).stdout)[-1]
+        assert last["ExitCode"] == 1 and "has not advanced" in last["Output"]
+    finally:
+        docker("rm", "-f", name)
+
+
+def test_the_image_runs_as_a_non_root_user(image):
+    assert docker("image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip() == "1000:1000"
+    assert docker("run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u").stdout.strip() == "1000"
+
+
+def test_no_token_is_baked_in_and_hf_token_comes_only_from_the_callers_environment(image, project):
+    baked = docker("history", "--no-trunc", image).stdout + docker("image", "inspect", image).stdout
+    assert not re.search(r"HF_TOKEN=\S|hf_[A-Za-z0-9]{20,}", baked)
+    show_token = ("run", "--rm", "-T", "--entrypoint", "printenv", "inspect", "HF_TOKEN")
+    assert finish(compose(project, *show_token, HF_TOKEN="hf_ThisIsTheCallersOwnTokenOnly"))[1].strip().endswith(
+        "hf_ThisIsTheCallersOwnTokenOnly"
+    )
+    without = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    process = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "-f", str(ROOT / "compose.cpu.yaml"),
+         "--project-directory", str(project), *show_token],
+        env={**without, "LLAMAFACTORY_FP8_NETWORK": "none"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert process.stdout.strip() == "", "no token unless the caller has one"
+
+
+def distributions(image_name: str) -> dict[str, str]:
+    listing = docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python3", image_name, "-c",
+        "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+    )  # fmt: skip
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in json.loads(listing.stdout).items()}
+
+
+def test_the_images_packages_are_the_lock_and_the_bases_own(image):
+    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    locked = install.read_lock(install.LOCK, ["image"])
+    in_image, in_base = distributions(image), distributions(STANDIN)
+    record = json.loads(docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
+                               "/opt/llamafactory-fp8/installed.json").stdout)  # fmt: skip
+    for name, (version, _) in locked.items():
+        if name in record["kept"]:
+            assert in_image[name] == in_base[name] == record["kept"][name], f"{name} kept from the base"
+        else:
+            assert in_image.get(name) == version, f"{name}: image has {in_image.get(name)}, the lock {version}"
+    for name in GUARDED:
+        assert in_image[name] == in_base[name], f"the base's {name} was replaced"
