@@ -9,7 +9,7 @@ against its hash. What the environment already has is never replaced where it be
                      ALWAYS_KEPT, which only the environment's maker may change
 
 Either way the install fails if torch, Transformer Engine, flash-attn or a torchao it kept changed, and if
-`pip check` finds a broken requirement. Standard library only: bases differ in what else they have.
+`pip check` finds a locked package's requirement broken. Standard library only: bases differ in what else they have.
 
     python3 docker/install.py [--keep-installed] [--target DIR] [--record FILE] SECTION... [-- PIP_ARGS...]
 """
@@ -92,20 +92,24 @@ def pip(args: list[str], env: dict) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True, env=env)
 
 
-def check_requirements(env: dict, kept: dict[str, str]) -> list[str]:
-    """`pip check`, less what requirements-nodeps.in leaves out on purpose. A requirement that a package kept from
-    the base does not meet (an upper bound the base has outgrown) is returned, to be reported; any other is fatal."""
+def check_requirements(env: dict, lock: dict, kept: dict[str, str]) -> list[str]:
+    """`pip check` over what the lock holds. Fatal: a locked package's requirement that nothing meets, except what
+    requirements-nodeps.in leaves out on purpose. Returned, to be reported: a requirement that a package kept from
+    the base does not meet (an upper bound the base outgrew), and the requirements of packages outside the lock
+    (the base's own business)."""
     found = subprocess.run([sys.executable, "-m", "pip", "check"], env=env, capture_output=True, text=True).stdout
     without_deps = {canonical(line.split("==")[0]) for line in NODEPS.read_text().splitlines() if "==" in line}
-    outgrown, broken = [], []
+    reported, broken = [], []
     for line in filter(None, found.splitlines()):
         words = line.split()
-        if canonical(words[0]) in without_deps and line.endswith("which is not installed."):
+        subject = canonical(words[0])
+        if subject in without_deps and line.endswith("which is not installed."):
             continue
-        (outgrown if "but you have" in line and canonical(words[-2]) in kept else broken).append(line)
+        outgrown = "but you have" in line and canonical(words[-2]) in kept
+        (reported if subject not in lock or outgrown else broken).append(line)
     if broken:
         raise SystemExit("install: broken requirements after installing:\n" + "\n".join(broken))
-    return outgrown
+    return reported
 
 
 def apply_patches(site_packages: Path, llamafactory_version: str) -> None:
@@ -164,12 +168,12 @@ def main() -> None:
     if "llamafactory" in lock:
         site = args.target or Path(importlib.metadata.distribution("llamafactory").locate_file(""))
         apply_patches(site, lock["llamafactory"][0])
-    outgrown = check_requirements(env, kept)
-    for line in outgrown:
-        print(f"install: kept from the base although {line}")
+    reported = check_requirements(env, lock, kept)
+    for line in reported:
+        print(f"install: note: {line}")
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
-        record = {"installed": {n: v for n, (v, _) in to_install.items()}, "kept": kept, "outgrown": outgrown}
+        record = {"installed": {n: v for n, (v, _) in to_install.items()}, "kept": kept, "pip_check": reported}
         args.record.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"install: {len(to_install)} installed from {args.lock.name} ({', '.join(args.sections)}), {len(kept)} kept: "
           + (", ".join(f"{n} {v}" for n, v in sorted(kept.items())) or "none"))

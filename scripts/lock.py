@@ -82,16 +82,17 @@ def pins_of(path: Path) -> dict:
 
 
 def hashes(name: str, version: str, url: str | None, known: str | None) -> list[str]:
-    """Every file of this version on the index; a file outside the index (a local wheel) by its own hash."""
-    if url and url.startswith("file:"):
-        return [known or hashlib.sha256(Path(unquote(urlparse(url).path)).read_bytes()).hexdigest()]
+    """Every file of this version on PyPI, wherever pip found it (this machine may mirror some locally); a
+    version PyPI does not have (CI's `+cpu` torch) by the hash of the file pip found."""
     request = urllib.request.Request(f"https://pypi.org/simple/{name}/", headers={"Accept": SIMPLE_JSON})
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
     found = sorted(f["hashes"]["sha256"] for f in files if _version_of(f["filename"]) == version and not f.get("yanked"))
-    if not found:
-        raise SystemExit(f"lock: no files for {name}=={version} on PyPI")
-    return found
+    if found:
+        return found
+    if url and url.startswith("file:"):
+        return [known or hashlib.sha256(Path(unquote(urlparse(url).path)).read_bytes()).hexdigest()]
+    raise SystemExit(f"lock: no files for {name}=={version} on PyPI")
 
 
 def _version_of(filename: str) -> str | None:

@@ -23,6 +23,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SHELL_SCRIPTS = [
     ROOT / "scripts" / "bootstrap", ROOT / "scripts" / "lock", ROOT / "scripts" / "container-tools",
     ROOT / "docker" / "standin" / "build", ROOT / ".ci" / "run", ROOT / "bench" / "transformer_engine.sh",
+    ROOT / "bench" / "image_on_gpu.sh",
 ]  # fmt: skip
 KUSTOMIZATIONS = {"one node": ROOT / "k8s", "several nodes": ROOT / "k8s" / "multinode"}
 
