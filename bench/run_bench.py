@@ -363,26 +363,28 @@ def steady_tokens_per_s(records: list[dict], warmup_steps: int) -> float | None:
     return (tokens1 - tokens0) / (time1 - time0)
 
 
-# Kernel groups for the per-step breakdown, first match wins: attention before GEMMs (fused attention kernels
-# carry GEMM words), the optimizer before FP8 casts (its fused kernels are not casts), FP8 casts before norms (Inductor
-# fuses a norm with the cast of its output; that time counts as casting). Names are what CUPTI reports: cuBLAS and
-# cuBLASLt GEMMs, flash/cuDNN attention, ATen kernels and Inductor's Triton kernels (named after the ops they fuse).
+# Kernel groups for the per-step breakdown, first match wins. Names are what CUPTI reports: cuBLAS/cuBLASLt GEMMs
+# (nvjet_sm90_tst_* in BF16; nvjet_sm90_qqtst_*/qrtst_* with FP8 operands), cuDNN attention, ATen kernels, and
+# Inductor's Triton kernels, named after the ops they fuse. Attention comes before GEMMs (cuDNN's attention kernels
+# carry GEMM words); the optimizer before FP8 (its multi-tensor kernels include the gradient-norm clipping); FP8
+# casts before norms (Inductor fuses a norm with the cast of its output: that time counts as casting); a kernel
+# that only converts dtypes is the per-step cast of the float32 master weights to BF16 (or of activations).
 KERNEL_GROUPS = (
-    ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "splitk")),
-    ("optimizer", ("adam", "multi_tensor", "foreach")),
-    ("fp8 cast/amax/scale", ("amax", "float8", "fp8", "e4m3", "e5m2", "reciprocal", "clamp")),
-    ("norm", ("rsqrt", "norm", "rms")),
-    ("loss (vocab softmax)", ("cross_entropy", "log_softmax", "softmax", "nll_loss", "logsumexp")),
-    ("elementwise/activation", ("elementwise", "triton_poi", "silu", "gelu", "mul", "add", "copy", "cat", "fill",
-                                "where", "neg", "sigmoid", "exp", "index", "embedding", "vectorized")),
-)  # fmt: skip
-FP8_GEMM_WORDS = ("e4m3", "e5m2", "f8", "fp8", "qq")
+    ("attention", r"flash|fmha|sdpa|attention"),
+    ("gemm", r"gemm|nvjet|cutlass|xmma|cublas|splitk"),
+    ("optimizer + grad clipping", r"multi_tensor_apply|adam|foreach"),
+    ("fp8 cast/amax/scale", r"amax|abs_max|float8|fp8|e4m3|e5m2|reciprocal|clamp|scaled_mm"),
+    ("dtype casts (fp32 weights to bf16)", r"^triton_poi_fused__to_copy(_t)?_\d+$|bfloat16_copy|direct_copy"),
+    ("norm", r"rsqrt|norm|rms|meanops|pow_tensor"),
+    ("loss (vocab softmax)", r"softmax|nll_loss|cross_entropy|logsumexp"),
+    ("elementwise/activation", r"elementwise|triton_|silu|mul|add|copy|cat|fill|where|neg|sigmoid|index|embedding"),
+)
+FP8_GEMM = re.compile(r"e4m3|e5m2|f8|fp8|nvjet_sm\d+_[qr][qr]")
 
 
 def kernel_group(name: str) -> str:
     lowered = name.lower()
-    return next((group for group, words in KERNEL_GROUPS if any(word in lowered for word in words)), "other")
+    return next((group for group, pattern in KERNEL_GROUPS if re.search(pattern, lowered)), "other")
 
 
 def breakdown(profile: dict) -> dict:
@@ -395,7 +397,7 @@ def breakdown(profile: dict) -> dict:
         group = kernel_group(kernel["name"])
         groups[group] = groups.get(group, 0.0) + kernel["total_us"] / 1000 / steps
         if group == "gemm":
-            gemm_calls["fp8" if any(w in kernel["name"].lower() for w in FP8_GEMM_WORDS) else "bf16"] += kernel["calls"]
+            gemm_calls["fp8" if FP8_GEMM.search(kernel["name"].lower()) else "bf16"] += kernel["calls"]
     kernels_ms = sum(groups.values())
     wall_ms = profile["wall_s"] * 1000 / steps
     return {
@@ -515,8 +517,10 @@ def breakdown_markdown(results: list[Result]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plan", action="append", choices=sorted(PLANS), required=True)
-    parser.add_argument("--out", type=Path, required=True, help="where JSON, Markdown and logs go")
+    parser.add_argument("--plan", action="append", choices=sorted(PLANS))
+    parser.add_argument("--out", type=Path, help="where JSON, Markdown and logs go")
+    parser.add_argument("--rebuild", type=Path, metavar="RESULTS_DIR",
+                        help="recompute a results folder's ratios, breakdowns and Markdown from its JSON and raw profiles (no GPU)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/llamafactory-fp8-bench"))
     parser.add_argument("--corpus-mb", type=float, default=12.0)
     parser.add_argument("--keep-work", action="store_true", help="reuse and keep the work dir's models for a later call")
@@ -524,6 +528,11 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4, help="memory-only cases run this many at a time")
     parser.add_argument("--list", action="store_true", help="print the plans' cases and exit")
     args = parser.parse_args()
+    if args.rebuild:
+        print(rebuild(args.rebuild))
+        return 0
+    if not args.plan or not args.out:
+        parser.error("--plan and --out are required (or --rebuild)")
     cases = [case for plan in args.plan for case in PLANS[plan]]
     if args.list:
         for case in cases:
@@ -590,16 +599,40 @@ def release_models(args: argparse.Namespace, cases: list[Case], results: list[Re
 
 def write_results(args: argparse.Namespace, env: dict, results: list[Result]) -> str:
     """Written after every run, so a call cut short still brings back what it measured."""
-    rows = ratio_table(results)
     command = "python bench/run_bench.py " + " ".join(f"--plan {p}" for p in args.plan) + " --out OUT"
-    stem = "-".join(args.plan)
+    report = write_report(args.out / "-".join(args.plan), env, command, results)
+    if "parity" in args.plan:
+        plot_losses(results, args.out / f"{'-'.join(args.plan)}-loss.png")
+    return report
+
+
+def write_report(stem: Path, env: dict, command: str, results: list[Result]) -> str:
+    rows = ratio_table(results)
     report = markdown(env, results, rows, command)
     payload = {"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}
-    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
-    (args.out / f"{stem}.md").write_text(report)
-    if "parity" in args.plan:
-        plot_losses(results, args.out / f"{stem}-loss.png")
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
+    stem.with_suffix(".md").write_text(report)
     return report
+
+
+def rebuild(directory: Path) -> str:
+    """The kernel groups are name patterns: when they change, the committed raw profiles are grouped again here,
+    without a GPU. The runs' measurements are read back unchanged."""
+    (path,) = directory.glob("*.json")
+    payload = json.loads(path.read_text())
+    results = [result_from_record(record) for record in payload["results"]]
+    for result in results:
+        raw = directory / "logs" / f"{result.case.name}.profile.json"
+        if raw.exists():
+            result.breakdown = breakdown(json.loads(raw.read_text()))
+    return write_report(path.with_suffix(""), payload["environment"], payload["command"], results)
+
+
+def result_from_record(record: dict) -> Result:
+    case = Case(**{**record["case"], "extra": tuple(record["case"]["extra"])})
+    fp8_layers = tuple(record["fp8_layers"]) if record["fp8_layers"] else None
+    losses = {int(step): loss for step, loss in record["losses"].items()}
+    return Result(**{**record, "case": case, "fp8_layers": fp8_layers, "losses": losses})
 
 
 def plot_losses(results: list[Result], path: Path) -> None:
