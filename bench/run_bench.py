@@ -379,6 +379,7 @@ KERNEL_GROUPS = (
     ("loss (vocab softmax)", r"softmax|nll_loss|cross_entropy|logsumexp"),
     ("elementwise/activation", r"elementwise|triton_|silu|mul|add|copy|cat|fill|where|neg|sigmoid|index|embedding"),
 )
+TOP_KERNELS = 15  # per profiled run in the report; the raw profile beside it has every kernel
 FP8_GEMM = re.compile(r"e4m3|e5m2|f8|fp8|nvjet_sm\d+_[qr][qr]")
 
 
@@ -406,6 +407,11 @@ def breakdown(profile: dict) -> dict:
         "gap_ms_per_step": round(wall_ms - kernels_ms, 1),
         "ms_per_step": {group: round(ms, 2) for group, ms in sorted(groups.items(), key=lambda item: -item[1])},
         "gemm_calls_per_step": {kind: count // steps for kind, count in gemm_calls.items()},
+        "top_kernels": [
+            {"name": k["name"], "group": kernel_group(k["name"]), "ms_per_step": round(k["total_us"] / 1000 / steps, 2),
+             "calls_per_step": k["calls"] // steps}
+            for k in sorted(profile["kernels"], key=lambda k: -k["total_us"])[:TOP_KERNELS]
+        ],
     }
 
 
@@ -512,7 +518,18 @@ def breakdown_markdown(results: list[Result]) -> list[str]:
         lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(str(r.breakdown[key]) for r in profiled) + " |")
     lines.append("| GEMM calls per step (BF16 / FP8) | " + " | ".join(
         f"{r.breakdown['gemm_calls_per_step']['bf16']} / {r.breakdown['gemm_calls_per_step']['fp8']}" for r in profiled) + " |")  # fmt: skip
+    for r in profiled:
+        lines += ["", f"Top kernels, {r.case.name} (ms and calls per step; names shortened):", "",
+                  "| ms | calls | group | kernel |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {k['ms_per_step']} | {k['calls_per_step']} | {k['group']} | `{short_kernel_name(k['name'])}` |" for k in r.breakdown["top_kernels"]]
     return lines
+
+
+def short_kernel_name(name: str) -> str:
+    """ATen's kernel names, without the namespaces that make them unreadable in a table, cut at 110 characters."""
+    for noise in ("void ", "at::native::", "(anonymous namespace)::", "std::"):
+        name = name.replace(noise, "")
+    return name[:110]
 
 
 def main() -> int:
