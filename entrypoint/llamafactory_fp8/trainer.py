@@ -12,6 +12,8 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import fp8_recipe
+from .step_profiler import profiler_from_environment
 from .stop_request import StopAnswer, StopFiles
 
 
@@ -68,10 +70,12 @@ def let_accelerate_find_te_fp8() -> None:
 def main() -> None:
     faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
     let_accelerate_find_te_fp8()
+    fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
     from llamafactory.train.tuner import run_exp
 
     files = StopFiles.from_environment()
-    run_exp(callbacks=[CheckpointAndStopOnRequest(files)] if files else None)
+    callbacks = ([CheckpointAndStopOnRequest(files)] if files else []) + profiler_from_environment()
+    run_exp(callbacks=callbacks or None)
 
 
 if __name__ == "__main__":

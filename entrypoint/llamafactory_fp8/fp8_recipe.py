@@ -1,0 +1,87 @@
+"""torchao FP8 recipes that LLaMA-Factory 0.9.5 cannot ask for.
+
+LLaMA-Factory builds Accelerate's `AORecipeKwargs` (a Float8LinearConfig and a layer filter) but never passes it
+on, so Accelerate converts every `nn.Linear` except the first and last with torchao's defaults: for LoRA that is
+671 of 673 layers, the rank-16 adapters included, whose tiny GEMMs gain nothing from FP8 and whose input casts
+cost as much as the base layers' (bench/README.md).
+
+The launcher names a recipe in LLAMAFACTORY_FP8_RECIPE. The trainer process installs it before LLaMA-Factory
+builds its Trainer; the Trainer then hands it to the Accelerator as the `AORecipeKwargs` Accelerate documents.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+RECIPE_ENV = "LLAMAFACTORY_FP8_RECIPE"
+# A GEMM whose smaller side is under this gains less from FP8 than its casts cost (torchao's float8 tables).
+MIN_FP8_DIM = 1024
+# The vocabulary projection stays in BF16, as Accelerate's default filter keeps it (the last linear layer).
+KEPT_IN_BF16 = ("lm_head",)
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    name: str
+    description: str  # one line for the launcher's report
+    layer_filter: Callable[[object, str], bool]
+
+
+def frozen_large_linear(module, fqn: str) -> bool:
+    """Convert a linear layer only when its weight is frozen (LoRA's base layers) and both sides are large."""
+    smaller = min(module.in_features, module.out_features)
+    return (
+        not module.weight.requires_grad
+        and smaller >= MIN_FP8_DIM
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+        and fqn.rsplit(".", 1)[-1] not in KEPT_IN_BF16
+    )
+
+
+RECIPES = {
+    "lora-base": Fp8Recipe(
+        "lora-base",
+        f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); LoRA adapters and lm_head in BF16",
+        frozen_large_linear,
+    ),
+}
+
+
+def recipe_from_environment(environ: Mapping[str, str] = os.environ) -> Fp8Recipe | None:
+    name = environ.get(RECIPE_ENV, "")
+    if not name:
+        return None
+    if name not in RECIPES:
+        raise ValueError(f"{RECIPE_ENV}={name} is not a known FP8 recipe (known: {', '.join(sorted(RECIPES))})")
+    return RECIPES[name]
+
+
+def install(recipe: Fp8Recipe) -> None:
+    """Make every Trainer pass the recipe to its Accelerator when it trains in FP8 through torchao. The Trainer
+    builds the Accelerator's arguments in one method; the recipe is appended to its kwargs handlers there."""
+    from transformers import Trainer
+
+    original = getattr(Trainer._build_accelerator_args, "unwrapped", Trainer._build_accelerator_args)
+
+    def build_accelerator_args(self, **kwargs):
+        args = original(self, **kwargs)
+        if args.get("mixed_precision") == "fp8" and os.environ.get("ACCELERATE_FP8_BACKEND", "AO") == "AO":
+            from accelerate.utils import AORecipeKwargs
+
+            handlers = list(args.get("kwargs_handlers") or [])
+            args["kwargs_handlers"] = [*handlers, AORecipeKwargs(module_filter_func=recipe.layer_filter)]
+        return args
+
+    build_accelerator_args.unwrapped = original  # installing again replaces the recipe rather than adding one
+    build_accelerator_args.fp8_recipe = recipe
+    Trainer._build_accelerator_args = build_accelerator_args
+
+
+def install_from_environment(environ: Mapping[str, str] = os.environ) -> Fp8Recipe | None:
+    recipe = recipe_from_environment(environ)
+    if recipe is not None:
+        install(recipe)
+    return recipe
