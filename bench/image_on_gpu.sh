@@ -4,34 +4,28 @@
 # product runs end to end there: inspect, the demo in FP8 through torchao and through Transformer Engine, and in
 # BF16, each log saying on how many linear layers FP8 ran. Wheels travel in calls of at most 64 MiB.
 #
-#   here:   bench/image_on_gpu.sh wheels VERSIONS   # .lockwheels/: the locked wheels (Python 3.12) whose version
-#                                                   # differs from VERSIONS (`pip list --format=freeze` there)
+#   here:   bench/image_on_gpu.sh wheels VERSIONS   # .lockwheels/partN/ (one call each): the locked wheels for
+#                                                   # Python 3.12 whose version differs from VERSIONS (what
+#                                                   # `pip list --format=freeze` printed there)
 #   there:  bench/image_on_gpu.sh receive DIR       # keep a call's wheels in /tmp/image-wheels
 #           bench/image_on_gpu.sh run OUT           # install, then the runs; logs and a summary in OUT
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WHEELS=/tmp/image-wheels
-SITE=/tmp/image-site  # apart from the benchmark's /tmp/site; Transformer Engine goes here too (SITE=...)
+SITE=/tmp/image-site # apart from the benchmark's /tmp/site; Transformer Engine goes here too (SITE=... there)
 
 wheels() {
     local differing=build/lock-differing.txt
+    rm -rf .lockwheels
     mkdir -p build .lockwheels
     grep -qx '/.lockwheels/' .git/info/exclude || echo '/.lockwheels/' >>.git/info/exclude
-    python3 - "$1" >"$differing" <<'EOF'
-import re, sys
-there = {re.sub(r"[-_.]+", "-", n).lower(): v for n, v in (l.split("==") for l in open(sys.argv[1]) if "==" in l)}
-section = open("docker/requirements.lock").read().split("# [image]")[1].split("# [")[0]
-for block in re.split(r"\n(?=[a-z0-9])", section.strip()):
-    name, version = re.match(r"([a-z0-9.-]+)==(\S+)", block).groups()
-    if there.get(name) != version:
-        print(block)
-EOF
+    python3 bench/lock_parts.py differing "$1" >"$differing"
     python3 -m pip download --quiet --no-deps --require-hashes --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
         -r "$differing" -d .lockwheels
-    du -sh .lockwheels
+    python3 bench/lock_parts.py split .lockwheels
 }
 
 receive() {
