@@ -1,62 +1,16 @@
-"""What each training process runs under `accelerate launch`: LLaMA-Factory's own `run_exp`, with a callback that
-writes a checkpoint and stops when the launcher asks (SIGTERM from Docker or Kubernetes)."""
+"""What each training process runs under `accelerate launch`: a watcher (watcher.py) that runs LLaMA-Factory's own
+`run_exp` as its child, with callbacks that checkpoint and stop when the launcher asks (SIGTERM from Docker or
+Kubernetes) and that report the process's progress (progress.py). Heavy imports wait for the child."""
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import importlib
 import os
 
-import torch
-import torch.distributed as dist
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-from . import fp8_recipe
-from .step_profiler import profiler_from_environment
-from .stop_request import StopAnswer, StopFiles
-
-
-class CheckpointAndStopOnRequest(TrainerCallback):
-    """At each step boundary, a request seen by any rank makes every rank save and leave together: one rank
-    leaving alone would hang the others in their next collective."""
-
-    def __init__(self, files: StopFiles):
-        self.files = files
-        self.stopping = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self._asked_on_any_rank(args):
-            self._leave(state, checkpoint=None)  # nothing trained yet, so nothing to save
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._asked_on_any_rank(args):
-            self.stopping = True
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.stopping:
-            self._leave(state, checkpoint=os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
-
-    def _asked_on_any_rank(self, args) -> bool:
-        asked = self.files.asked()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([int(asked)], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            asked = bool(flag.item())
-        return asked
-
-    def _leave(self, state, checkpoint: str | None) -> None:
-        """Skip what LLaMA-Factory does after training (final save, evaluation): it would outlast the grace period
-        and present a half-trained model as the result."""
-        if dist.is_initialized():
-            dist.barrier()  # every rank's share of the checkpoint is on disk
-            dist.destroy_process_group()
-        if state.is_local_process_zero:
-            self.files.write_answer(StopAnswer(state.global_step, checkpoint))
-        raise SystemExit(0)
+from . import watcher
+from .progress import ProgressReporter, reporter_from_environment
 
 
 def let_accelerate_find_te_fp8() -> None:
@@ -67,15 +21,81 @@ def let_accelerate_find_te_fp8() -> None:
         importlib.import_module("transformer_engine.pytorch.fp8")
 
 
-def main() -> None:
+def report_llamafactory_phases(reporter: ProgressReporter) -> None:
+    """Loading and preprocessing happen before the Trainer exists, so no callback sees them: LLaMA-Factory's
+    workflows take these three functions from their packages when imported, so wrapping them there first reports
+    each phase, with the cache whose growth is its progress (a download, the tokenized dataset)."""
+    import datasets.config
+    import huggingface_hub.constants
+    import llamafactory.data
+    import llamafactory.model
+
+    def reporting(module, name: str, phase: str, watch: str):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            reporter.enter(phase, watch=watch)
+            return original(*args, **kwargs)
+
+        setattr(module, name, wrapper)
+
+    reporting(llamafactory.model, "load_tokenizer", "loading", huggingface_hub.constants.HF_HUB_CACHE)
+    reporting(llamafactory.model, "load_model", "loading", huggingface_hub.constants.HF_HUB_CACHE)
+    reporting(llamafactory.data, "get_dataset", "preprocessing", str(datasets.config.HF_DATASETS_CACHE))
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the launcher: a full disk and a lost peer are named as such (their errors come from deep in
+    safetensors, torch or the collective library, worded their own ways)."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    words = " ".join(str(link) for link in chain)
+    if any(getattr(link, "errno", None) == errno.ENOSPC for link in chain) or "No space left on device" in words:
+        return f"disk full: {next((link.filename for link in chain if getattr(link, 'filename', None)), '')}".rstrip(": ")
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    if any(sign in words for sign in ("Connection closed by peer", "Connection reset by peer", "NCCL", "Timed out")):
+        return f"lost peer: {first}"
+    return f"failed: {type(error).__name__}: {first}"
+
+
+def run_worker() -> None:
     faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
     let_accelerate_find_te_fp8()
+    from . import fp8_recipe
+    from .callbacks import CheckpointAndStopOnRequest, ReportProgress
+    from .step_profiler import profiler_from_environment
+    from .stop_request import StopFiles
+
     fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
+    reporter = reporter_from_environment()
+    if reporter is not None:
+        report_llamafactory_phases(reporter)
     from llamafactory.train.tuner import run_exp
 
     files = StopFiles.from_environment()
-    callbacks = ([CheckpointAndStopOnRequest(files)] if files else []) + profiler_from_environment()
-    run_exp(callbacks=callbacks or None)
+    stop = CheckpointAndStopOnRequest(files) if files else None
+    callbacks = [callback for callback in (stop, reporter and ReportProgress(reporter, stop)) if callback]
+    try:
+        run_exp(callbacks=callbacks + profiler_from_environment() or None)
+    except SystemExit as leaving:
+        if reporter is not None:
+            reporter.end("stopped" if leaving.code in (0, None) else f"failed: exit {leaving.code}")
+        raise
+    except BaseException as error:
+        if reporter is not None:
+            reporter.end(describe_failure(error))
+        raise
+    if reporter is not None:
+        reporter.end("finished")
+
+
+def main() -> None:
+    if watcher.is_worker():
+        run_worker()
+    else:
+        watcher.main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""The process `accelerate launch` starts for each rank runs the trainer as its own child and waits for it, so that
+how a trainer ended is known even when it could not say so itself: killed outright (SIGKILL, as the out-of-memory
+killer does) leaves no traceback and no record of its own. Signals that the watcher receives are passed on.
+Imports nothing heavy: the watcher should cost the node almost nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from .progress import reporter_from_environment
+
+WORKER_ENV = "LLAMAFACTORY_FP8_WORKER"
+PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def is_worker(environ: os._Environ | dict = os.environ) -> bool:
+    return environ.get(WORKER_ENV) == "1"
+
+
+def watch(command: list[str]) -> int:
+    """Run `command` as the worker; return its exit code, or 128+N when signal N ended it (recorded, by name)."""
+    reporter = reporter_from_environment()
+    if reporter is not None:
+        reporter.enter("starting")
+    child = subprocess.Popen(command, env={**os.environ, WORKER_ENV: "1"})
+    for signum in PASSED_ON:
+        signal.signal(signum, lambda received, _frame: child.send_signal(received))
+    code = child.wait()
+    if code < 0:
+        if reporter is not None:
+            reporter.end(f"killed by {signal.Signals(-code).name}")
+        return 128 - code
+    return code
+
+
+def main() -> None:
+    raise SystemExit(watch([sys.executable, "-m", "llamafactory_fp8.trainer", *sys.argv[1:]]))
