@@ -120,7 +120,6 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
         for name, value in values.items():
             final.pop(name, None)  # the command line lists the launcher's keys in the order they were set
             final[name] = (value, source)
-    users = training.values  # the YAML with the user's key=value applied
     keys = []
     for name, (value, source) in final.items():
         argument = None
@@ -128,9 +127,18 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
             argument = training.overrides[name]  # passed on exactly as typed
         elif source != "yaml":
             argument = format_value(value)
-        replaced = name in users and users[name] != value
-        keys.append(TrainingKey(name, value, source, argument, (users[name],) if replaced else ()))
+        keys.append(TrainingKey(name, value, source, argument, _replaced(training, name, value)))
     return tuple(keys)
+
+
+def _replaced(training: TrainingConfig, name: str, value: object) -> tuple[object, ...]:
+    """(the user's value,) where the final value differs from it: a key=value the launcher replaced, else the
+    YAML's key, whatever replaced it (the user's key=value included)."""
+    if name in training.overrides and training.values[name] != value:
+        return (training.values[name],)
+    if name in training.written and training.written[name] != value:
+        return (training.written[name],)
+    return ()
 
 
 def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, object]:

@@ -95,21 +95,33 @@ def decide(inspection: Inspection) -> Decision:
     if gpus.count == 0:
         return _cpu_decision(inspection, reasons)
 
-    precision, source, backend = _precision(inspection, reasons)
+    given = _given_strategy(inspection)
+    precision, source, backend = _precision(inspection, given, reasons)
+    if backend is not None and given is not None and not given.strategy.carries_fp8:
+        warnings.append(f"FP8 may stay off under {given.strategy.label} (accelerate#3360); the patched LLaMA-Factory then fails the run")
     processes = 1 if any(gpu.is_mig_slice for gpu in gpus.gpus) else gpus.count
     reasons.extend(gpus.notes)
     gpu_gib = min(gpu.memory_total_gib for gpu in gpus.gpus)
     world = processes * inspection.topology.num_machines
     model = inspection.model.facts
     table = tuple(memory.estimate(model, training, backend, s, world, processes) for s in STRATEGIES) if model else ()
-    strategy, estimate = _strategy(inspection, precision, backend, processes, gpu_gib, table, reasons, warnings)
+    strategy, estimate = _strategy(inspection, given, precision, backend, processes, gpu_gib, table, reasons, warnings)
     return Decision(
         precision, source, backend, "cuda", processes, strategy, estimate, table, gpu_gib, inspection.host_memory_gib,
         tuple(reasons), tuple(warnings),
     )  # fmt: skip
 
 
-def _precision(inspection: Inspection, reasons: list[str]) -> tuple[str, Source, FP8Backend | None]:
+def _given_strategy(inspection: Inspection) -> StrategyChoice | None:
+    """The strategy the user named: `--strategy`, else the YAML's own (read only where no flag replaces it)."""
+    flag = None if inspection.request.strategy == "auto" else StrategyChoice(STRATEGIES_BY_NAME[inspection.request.strategy], "flag")
+    in_yaml = strategy_in_yaml(inspection.training, inspection.workdir) if flag is None else None  # replaced unread
+    return precedence(flag, in_yaml, lambda: None)[0]
+
+
+def _precision(
+    inspection: Inspection, given: StrategyChoice | None, reasons: list[str]
+) -> tuple[str, Source, FP8Backend | None]:
     request, training, gpus = inspection.request, inspection.training, inspection.gpus
     explicit = "fp8" if training.fp8 else "fp16" if training.fp16 else "no-fp8" if training.fp8 is False else None
     flag = None if request.precision == "auto" else request.precision
@@ -136,6 +148,9 @@ def _precision(inspection: Inspection, reasons: list[str]) -> tuple[str, Source,
         reasons.append(f"BF16 because {blocker}")
         return _half_precision(gpus, reasons), source, None
     if asked == "auto" and not _fp8_pays(inspection, reasons):
+        return _half_precision(gpus, reasons), source, None
+    if asked == "auto" and given is not None and not given.strategy.carries_fp8:
+        reasons.append(f"BF16 because FP8 may stay off under {given.strategy.label} (accelerate#3360)")
         return _half_precision(gpus, reasons), source, None
     reasons.append(f"FP8 through {backend.name}: {backend.why}")
     return "fp8", source, backend
@@ -241,6 +256,7 @@ def _deepspeed_config(value: object, workdir: Path) -> tuple[dict, str]:
 
 def _strategy(
     inspection: Inspection,
+    given: StrategyChoice | None,
     precision: str,
     backend: FP8Backend | None,
     processes: int,
@@ -252,12 +268,9 @@ def _strategy(
     request = inspection.request
     world = processes * inspection.topology.num_machines
     estimates = {estimate.strategy: estimate for estimate in table}
-    flag = None if request.strategy == "auto" else StrategyChoice(STRATEGIES_BY_NAME[request.strategy], "flag")
-    in_yaml = strategy_in_yaml(inspection.training, inspection.workdir) if flag is None else None  # a flag replaces it unread
-    choice, _ = precedence(flag, in_yaml, lambda: None)
-    if choice is not None:
-        _explain_given(choice, inspection, estimates.get(choice.strategy.name), gpu_gib, world, reasons, warnings)
-        return choice, estimates.get(choice.strategy.name)
+    if given is not None:
+        _explain_given(given, inspection, estimates.get(given.strategy.name), gpu_gib, world, reasons, warnings)
+        return given, estimates.get(given.strategy.name)
     if not table:
         reasons.append(f"{_layout(DDP, world)}; memory not estimated: the model's size is unknown ({inspection.model.unknown_because})")
         return StrategyChoice(DDP, "auto"), None
