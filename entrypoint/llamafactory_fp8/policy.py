@@ -275,9 +275,7 @@ def _strategy(
         reasons.append(f"{_layout(DDP, world)}; memory not estimated: the model's size is unknown ({inspection.model.unknown_because})")
         return StrategyChoice(DDP, "auto"), None
 
-    candidates = [
-        s for s in STRATEGIES if s.name in inspection.installed_strategies and (s.carries_fp8 or precision != "fp8")
-    ]
+    candidates = _candidates(inspection, inspection.training, precision)
     host = inspection.host_memory_gib
     for strategy in candidates:
         if estimates[strategy.name].fits(gpu_gib, host):
@@ -288,7 +286,7 @@ def _strategy(
             return StrategyChoice(strategy, "auto"), chosen
     smallest = min((estimates[s.name] for s in candidates), key=lambda e: e.total_gib)
     if request.memory_check:
-        raise DoesNotFit(_does_not_fit(inspection, backend, candidates, gpu_gib, processes))
+        raise DoesNotFit(_does_not_fit(inspection, precision, backend, gpu_gib, processes))
     strategy = STRATEGIES_BY_NAME[smallest.strategy]
     warnings.append(
         f"nothing fits: the smallest estimate is ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU "
@@ -296,6 +294,17 @@ def _strategy(
     )
     reasons.append(f"memory ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({_layout(strategy, world)}), the smallest estimate")
     return StrategyChoice(strategy, "auto"), smallest
+
+
+def _candidates(inspection: Inspection, training: TrainingConfig, precision: str) -> list[Strategy]:
+    """The strategies auto may take, fastest first: installed ones; for FP8 those that keep it on; for a 4-bit or
+    8-bit model none that moves its weights to the CPU, which bitsandbytes' packed weights cannot follow."""
+    return [
+        s for s in STRATEGIES
+        if s.name in inspection.installed_strategies
+        and (s.carries_fp8 or precision != "fp8")
+        and not (training.quantization_bit and s.weights == "offloaded")
+    ]  # fmt: skip
 
 
 def _explain_given(
@@ -337,14 +346,14 @@ def _layout(strategy: Strategy, world: int) -> str:
 
 
 def _does_not_fit(
-    inspection: Inspection, backend: FP8Backend | None, candidates: list[Strategy], gpu_gib: float, processes: int
+    inspection: Inspection, precision: str, backend: FP8Backend | None, gpu_gib: float, processes: int
 ) -> str:
     """One line: what the run needs at best, and the changes that would make it fit (one at a time, else together)."""
     training, model, host = inspection.training, inspection.model.facts, inspection.host_memory_gib
     world = processes * inspection.topology.num_machines
 
     def first_fit(config: TrainingConfig, world: int, per_node: int) -> MemoryEstimate | None:
-        estimates = (memory.estimate(model, config, backend, s, world, per_node) for s in candidates)
+        estimates = (memory.estimate(model, config, backend, s, world, per_node) for s in _candidates(inspection, config, precision))
         return next((e for e in estimates if e.fits(gpu_gib, host)), None)
 
     changes: list[tuple[str, TrainingConfig]] = []
@@ -356,6 +365,8 @@ def _does_not_fit(
         changes.append(("disable_gradient_checkpointing: false", replace(training, gradient_checkpointing=True)))
     if training.micro_batch_size > 1:
         changes.append(("per_device_train_batch_size: 1", replace(training, micro_batch_size=1)))
+    if training.cutoff_len > 512:
+        changes.append((f"cutoff_len: {training.cutoff_len // 2}", replace(training, cutoff_len=training.cutoff_len // 2)))
     fitting = [(label, found) for label, config in changes if (found := first_fit(config, world, processes))]
     if not any(gpu.is_mig_slice for gpu in inspection.gpus.gpus):  # a MIG slice runs one process only
         per_node = max(processes, 8)
@@ -371,6 +382,7 @@ def _does_not_fit(
         if found:
             fitting.append((", ".join(label for label, _ in changes) + " together", found))
 
+    candidates = _candidates(inspection, training, precision)
     on_gpu = [memory.estimate(model, training, backend, s, world, processes) for s in candidates if s.weights != "offloaded"]
     best = min(on_gpu, key=lambda e: e.total_gib)
     needs = (
@@ -385,9 +397,9 @@ def _does_not_fit(
             f" and ~{least.host_gib:.0f} GiB of CPU memory ({host:.0f} here)" if host is not None else ""
         )
     if not fitting:
-        return f"{needs}; nothing fits even with LoRA, 4-bit QLoRA, gradient checkpointing and batch 1: choose a smaller model"
+        return f"{needs}; nothing fits even with every change at once ({', '.join(label for label, _ in changes)}): choose a smaller model"
     return f"{needs}; would fit: " + ", or ".join(
-        f"{label} (~{found.total_gib:.0f} GiB, {STRATEGIES_BY_NAME[found.strategy].label})" for label, found in fitting
+        f"{label} (~{found.total_gib:.0f} GiB, {_layout(STRATEGIES_BY_NAME[found.strategy], found.world_size)})" for label, found in fitting
     )
 
 
