@@ -92,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(request, args)
     except LaunchError as error:
-        print(f"llamafactory-fp8: error: {error}", file=sys.stderr)
+        print(f"llamafactory-fp8: error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
+
+
+def one_line(text: str) -> str:
+    """An error quotes what the user typed; a line break in it (any Unicode one) must not make it two lines."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def train_command(request: Request, args: argparse.Namespace) -> int:
