@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .conftest import ALL_FP8_BACKENDS, ALL_STRATEGIES, model_dir, run_cli
+from .conftest import ALL_STRATEGIES, model_dir, run_cli
 
 EIGHT_B_FULL = {"model_name_or_path": str(model_dir("llama-3.1-8b")), "finetuning_type": "full", "per_device_train_batch_size": 2}
 SEVENTY_B_FULL = {**EIGHT_B_FULL, "model_name_or_path": str(model_dir("llama-3.1-70b"))}

@@ -89,7 +89,7 @@ class Decision:
 
 def decide(inspection: Inspection) -> Decision:
     """Choose precision, FP8 backend, process count and strategy, with the reasons in words."""
-    request, training, gpus = inspection.request, inspection.training, inspection.gpus
+    training, gpus = inspection.training, inspection.gpus
     reasons: list[str] = []
     warnings: list[str] = []
     if gpus.count == 0:
@@ -376,8 +376,9 @@ def _does_not_fit(
                 break
     if not fitting:  # every change at once, as a last resort
         together = training
-        for label, config in changes:
-            together = replace(together, **{f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(training, f.name)})
+        for _, config in changes:
+            changed = {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(training, f.name)}
+            together = replace(together, **changed)
         found = first_fit(together, world, processes)
         if found:
             fitting.append((", ".join(label for label, _ in changes) + " together", found))

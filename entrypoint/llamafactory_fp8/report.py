@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .gpus import GpuInventory
-from .memory import HEADROOM, MemoryEstimate
+from .memory import HEADROOM
 from .model_facts import ModelLookup
 from .plan import LaunchPlan
 from .policy import Decision
