@@ -65,7 +65,7 @@ def profile_for(device: str) -> str:
     """The recorded NVML profile of the GPU the run measured on."""
     for path in sorted(PROFILES.glob("*.json")):
         devices = json.loads(path.read_text()).get("devices", [])
-        if len(devices) == 1 and devices[0]["name"] == device and not devices[0].get("mig_mode"):
+        if len(devices) == 1 and devices[0]["name"] == device and not devices[0].get("mig_mode") and not devices[0].get("ecc_uncorrected"):
             return path.stem
     raise AssertionError(f"no recorded NVML profile for {device}: record one with scripts/record_nvml_profile.py")
 

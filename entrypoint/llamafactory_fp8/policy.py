@@ -328,13 +328,13 @@ def _explain_given(
         reasons.append(f"memory ~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({layout})")
     else:
         warnings.append(
-            f"{strategy.label} needs ~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({layout}), more than fits "
-            f"with {memory.HEADROOM:.0%} headroom" + _host_note(estimate, inspection.host_memory_gib) + ": it may run out of memory"
+            f"{strategy.label} needs ~{estimate.total_gib:.0f} GiB (+{estimate.margin_gib:.0f} margin) of {gpu_gib:.0f} per GPU ({layout})"
+            + _host_note(estimate, inspection.host_memory_gib) + ": it may run out of memory"
         )
 
 
 def _host_note(estimate: MemoryEstimate, host_gib: float | None) -> str:
-    if not estimate.host_gib or host_gib is None or estimate.host_gib <= host_gib * (1 - memory.HEADROOM):
+    if estimate.host_fits(host_gib):
         return ""
     return f", and ~{estimate.host_gib:.0f} GiB of CPU memory of {host_gib:.0f}"
 

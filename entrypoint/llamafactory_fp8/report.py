@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .gpus import GpuInventory
-from .memory import HEADROOM
+from .memory import MARGIN
 from .model_facts import ModelLookup
 from .plan import LaunchPlan
 from .policy import Decision
@@ -58,7 +58,7 @@ def describe_memory(decision: Decision) -> str:
         return "not estimated: " + ("training on the CPU" if decision.device == "cpu" else "the model's size is unknown")
     terms = " + ".join(f"{name} {gib:.1f}" for name, gib in estimate.terms if gib >= 0.05)
     host = f"; CPU memory ~{estimate.host_gib:.0f} GiB per node" if estimate.host_gib else ""
-    return f"~{estimate.total_gib:.1f} GiB of {decision.gpu_memory_gib:.0f} per GPU: {terms}{host}"
+    return f"~{estimate.total_gib:.1f} GiB (+{estimate.margin_gib:.1f} margin) of {decision.gpu_memory_gib:.0f} per GPU: {terms}{host}"
 
 
 def render_block(plan: LaunchPlan) -> str:
@@ -92,11 +92,13 @@ def render_block(plan: LaunchPlan) -> str:
 
 
 def memory_table(decision: Decision, installed_strategies: frozenset[str]) -> list[str]:
-    """`inspect`'s table: the estimate per GPU for each strategy, and which one train would take."""
+    """`inspect`'s table: the estimate per GPU for each strategy, its margin, and which one train would take."""
     if not decision.memory_table:
         return [f"memory per GPU: {describe_memory(decision)}"]
-    usable = decision.gpu_memory_gib * (1 - HEADROOM)
-    lines = [f"memory per GPU by strategy (fits: at most {usable:.0f} of {decision.gpu_memory_gib:.0f} GiB, {HEADROOM:.0%} headroom):"]
+    lines = [
+        f"memory per GPU by strategy, of {decision.gpu_memory_gib:.0f} GiB (fits: the estimate plus {MARGIN:.0%} of "
+        "its fitted terms):"
+    ]
     width = max(len(s.label) for s in STRATEGIES.values())
     for estimate in decision.memory_table:
         strategy = STRATEGIES[estimate.strategy]
@@ -107,7 +109,8 @@ def memory_table(decision: Decision, installed_strategies: frozenset[str]) -> li
             notes.append(f"{strategy.module} not installed")
         if estimate.strategy == decision.strategy.strategy.name:
             notes.append("<- train's choice")
-        lines.append(f"  {strategy.label:<{width}}  ~{estimate.total_gib:7.1f} GiB  {', '.join(notes)}".rstrip())
+        size = f"~{estimate.total_gib:7.1f} + {estimate.margin_gib:4.1f} GiB"
+        lines.append(f"  {strategy.label:<{width}}  {size}  {', '.join(notes)}".rstrip())
     return lines
 
 
