@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__
 from .errors import USAGE_EXIT_CODE, LaunchError
 from .gpus import read_gpus
-from .inspection import STRATEGY_CHOICES, Request
+from .inspection import BACKEND_CHOICES, STRATEGY_CHOICES, Request
 from .launcher import launch
 from .plan import plan_run
 from .report import describe_decision, describe_gpus, memory_table, plan_json, render_block, to_json
@@ -57,7 +57,7 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--fp8", dest="precision", action="store_const", const="fp8", help="FP8, or refuse")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="BF16")
     parser.set_defaults(precision="auto")
-    parser.add_argument("--backend", choices=("auto", "torchao", "te"), default="auto", help="FP8 backend")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="FP8 backend")
     parser.add_argument(
         "--strategy",
         choices=STRATEGY_CHOICES,

@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from . import paths
-from .backends import installed_fp8_backends
+from .backends import FP8_BACKENDS, installed_fp8_backends
 from .gpus import GpuInventory, read_gpus
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
 from .resume import Resume, RunRecord, plan_resume, record_path
-from .strategies import installed_strategies
+from .strategies import STRATEGIES, installed_strategies
 from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
-STRATEGY_CHOICES = ("auto", "ddp", "deepspeed-zero2", "fsdp2", "deepspeed-zero3", "fsdp2-offload", "deepspeed-zero3-offload")
+STRATEGY_CHOICES = ("auto", *(strategy.name for strategy in STRATEGIES))
+BACKEND_CHOICES = ("auto", *(backend.name for backend in FP8_BACKENDS))
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Request:
     config: Path | None = None  # None: the built-in demo
     overrides: tuple[str, ...] = ()
     precision: Literal["auto", "fp8", "bf16"] = "auto"
-    backend: Literal["auto", "torchao", "te"] = "auto"
+    backend: str = "auto"  # one of BACKEND_CHOICES
     strategy: str = "auto"  # one of STRATEGY_CHOICES
     allow_cpu: bool = False
     memory_check: bool = True
