@@ -39,8 +39,11 @@ class FakeHub(BaseHTTPRequestHandler):
         revision, _, filename = rest.partition("/")
         if repo not in CONFIGS or filename != "config.json":
             return self.refuse(404, "RepoNotFound", "Repository not found")
-        if repo == GATED and self.headers.get("Authorization") != f"Bearer {GRANTED_TOKEN}":
+        token = self.headers.get("Authorization")
+        if repo == GATED and token is None:
             return self.refuse(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access to it and be authenticated to access it.")
+        if repo == GATED and token != f"Bearer {GRANTED_TOKEN}":
+            return self.refuse(403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the authorized list.")
         content = CONFIGS[repo].read_bytes()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -93,8 +96,9 @@ def test_the_shipped_example_gets_fp8_on_eight_h100s_once_its_config_json_is_fet
     assert FakeHub.requests and all(path == f"/{GATED}/resolve/main/config.json" for path in FakeHub.requests), "config.json alone"
 
 
-def test_a_gated_model_without_access_is_one_line_naming_the_license_page_and_hf_token(tmp_path, hub):
-    result = dry_run(tmp_path, hub)
+@pytest.mark.parametrize("token", ["", "hf_not_granted"], ids=["no token (401)", "a token without access (403)"])
+def test_a_gated_model_without_access_is_one_line_naming_the_license_page_and_hf_token(tmp_path, hub, token):
+    result = dry_run(tmp_path, hub, HF_TOKEN=token)
     assert result.returncode == 17
     line = one_error_line(result)
     assert f"{hub}/{GATED}" in line and "HF_TOKEN" in line
