@@ -7,16 +7,24 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llamafactory_fp8 import gpus as gpus_module
+from llamafactory_fp8.inspection import Request, inspect_run
+from llamafactory_fp8.plan import LaunchPlan, make_plan
+from llamafactory_fp8.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "tests" / "nvml_profiles"
 FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 BENCH_MODELS = ROOT / "bench" / "models"
+TEST_MODELS = ROOT / "tests" / "models"  # real shapes the bench does not run, up to 405B
+ALL_FP8_BACKENDS = frozenset({"torchao", "te"})
+ALL_STRATEGIES = frozenset(strategy.name for strategy in STRATEGIES)
 
 
 SUMMARY = pytest.StashKey[list]()  # lines for the end of the test run (the image's build time and size)
@@ -58,6 +66,35 @@ def nvml_profile(monkeypatch):
         monkeypatch.setenv("FAKE_NVML_PROFILE", str(profile_path(name)))
 
     return use
+
+
+def model_dir(name: str) -> Path:
+    """A model folder holding only config.json: bench/models/NAME or tests/models/NAME."""
+    return BENCH_MODELS / name if (BENCH_MODELS / name).is_dir() else TEST_MODELS / name
+
+
+@pytest.fixture
+def planner(nvml_profile, tmp_path, monkeypatch):
+    """Plan a run in-process, as `train --dry-run` does: an NVML profile, the training YAML's keys, the flags.
+    What this machine has installed and its memory are fixed (every backend and strategy, 1 TiB), so plans do
+    not depend on it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model id is looked up in the cache only
+
+    def plan(
+        profile: str,
+        keys: dict,
+        backends: frozenset = ALL_FP8_BACKENDS,
+        strategies: frozenset = ALL_STRATEGIES,
+        host_gib: float | None = 1024.0,
+        **flags,
+    ) -> LaunchPlan:
+        nvml_profile(profile)
+        path = tmp_path / "train.yaml"
+        path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **keys}))
+        found = inspect_run(Request(config=path, **flags))
+        return make_plan(replace(found, installed_backends=backends, installed_strategies=strategies, host_memory_gib=host_gib))
+
+    return plan
 
 
 def cli_env(profile: str, **extra: str) -> dict[str, str]:

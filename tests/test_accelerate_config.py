@@ -11,17 +11,21 @@ from llamafactory_fp8.accelerate_config import (
     render_accelerate_config,
     write_accelerate_config,
 )
+from llamafactory_fp8.backends import BY_NAME as BACKENDS
 from llamafactory_fp8.errors import AccelerateConfigInvalid
-from llamafactory_fp8.policy import Decision
+from llamafactory_fp8.policy import Decision, StrategyChoice
+from llamafactory_fp8.strategies import BY_NAME as STRATEGIES
 from llamafactory_fp8.topology import Topology, read_topology
 
 from .conftest import ROOT
 
 CONFIGS = ROOT / "configs" / "accelerate"
+FSDP_CONFIG = load_accelerate_config(CONFIGS / "fsdp2.yaml")["fsdp_config"]
 
 
-def decision(precision="bf16", backend=None, processes=1, strategy="single", device="cuda", stage=None):
-    return Decision(precision, backend, device, processes, strategy, stage, ("test",), {})
+def decision(precision="bf16", backend=None, processes=1, strategy="ddp", device="cuda", kept_from_yaml=None):
+    choice = StrategyChoice(STRATEGIES[strategy], "yaml" if kept_from_yaml else "auto", kept_from_yaml)
+    return Decision(precision, "auto", backend and BACKENDS[backend], device, processes, choice, None, (), None, None, ("test",), ())
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -36,7 +40,10 @@ def test_every_shipped_config_loads_in_accelerate(path):
         (decision("fp8", "torchao"), {"mixed_precision": "fp8", "fp8_config": {"backend": "AO"}}),
         (decision("fp8", "te", 8, "ddp"), {"mixed_precision": "fp8", "distributed_type": "MULTI_GPU", "num_processes": 8}),
         (decision("bf16", None, 4, "fsdp2"), {"distributed_type": "FSDP", "num_processes": 4, "mixed_precision": "bf16"}),
-        (decision("bf16", None, 1, "deepspeed", stage=2), {"distributed_type": "MULTI_GPU", "num_processes": 1}),
+        (decision("bf16", None, 4, "fsdp2-offload"), {"distributed_type": "FSDP", "fsdp_config": {**FSDP_CONFIG, "fsdp_offload_params": True}}),
+        (decision("bf16", None, 1, "deepspeed-zero2"), {"distributed_type": "MULTI_GPU", "num_processes": 1}),
+        # a strategy the training YAML names (Transformers' fsdp:) is set up by the Trainer, not Accelerate's file
+        (decision("fp8", "torchao", 8, "fsdp2", kept_from_yaml="fsdp: full_shard auto_wrap"), {"distributed_type": "MULTI_GPU", "mixed_precision": "fp8"}),
         (decision("fp32", device="cpu"), {"mixed_precision": "no", "use_cpu": True, "distributed_type": "NO"}),
     ],
 )
@@ -63,9 +70,9 @@ def test_multi_node_placement_comes_from_the_environment():
 
 
 def test_a_users_config_must_agree_with_the_chosen_precision():
-    check_user_config_matches(CONFIGS / "fp8-te.yaml", decision("fp8", "te"))
+    check_user_config_matches(CONFIGS / "fp8-te.yaml", "fp8")
     with pytest.raises(AccelerateConfigInvalid, match="pass --fp8"):
-        check_user_config_matches(CONFIGS / "fp8-te.yaml", decision("bf16"))
+        check_user_config_matches(CONFIGS / "fp8-te.yaml", "bf16")
 
 
 def test_a_file_that_is_not_an_accelerate_config_is_refused(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, model_dir, run_cli
 
 DEMO = str(ROOT / "configs" / "examples" / "demo.yaml")
 
@@ -41,6 +41,11 @@ BAD_INPUTS = {
     "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
     "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
     "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
+    "no such model folder": (["train", _write("folder.yaml", "model_name_or_path: /no/such/model\noutput_dir: out\n")], "h100-sxm", 18, "is not a folder"),
+    "7B full fine-tuning on a MIG slice": (
+        ["train", _write("big.yaml", f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: out\n")],
+        "h100-mig-1g10gb", 20, "does not fit",
+    ),
 }
 # The issue's list: each of these has an exit code of its own.
 ISSUE_CASES = (

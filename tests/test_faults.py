@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llamafactory_fp8.demo import build_demo_model
-from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
 from .conftest import ROOT, start_demo_training, start_two_nodes
 

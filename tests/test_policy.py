@@ -1,113 +1,130 @@
-"""The precision policy as a table over recorded GPU profiles, real model shapes and user flags."""
+"""The precision policy and the precedence rule, as tables over recorded GPU profiles, real model shapes, YAML
+keys and flags, read from the plan a user would see."""
 
 import json
 
 import pytest
 
+from llamafactory_fp8.backends import FP8_BACKENDS
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
-from llamafactory_fp8.gpus import read_gpus
-from llamafactory_fp8.model_facts import read_model_facts
-from llamafactory_fp8.policy import FP8_BACKEND_PREFERENCE, Request, TrainingFacts, decide
+from llamafactory_fp8.policy import precedence
 
-from .conftest import BENCH_MODELS
+from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir
 
-BOTH = frozenset({"torchao", "te"})
-FULL = TrainingFacts(finetuning_type="full")
+FULL = {"finetuning_type": "full"}
+LORA = {"finetuning_type": "lora"}
 
 
 def model(name):
-    return None if name is None else read_model_facts(str(BENCH_MODELS / name))
+    """The YAML key naming a model folder; a Hub id absent from the (offline) cache where no shape is known."""
+    return {"model_name_or_path": str(model_dir(name)) if name else "nobody/not-in-the-cache"}
 
 
 CASES = [
-    # profile, model, training, request, backends, expected (precision, backend, processes)
-    ("h100-sxm", "llama-3.1-8b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("h200", "qwen2.5-7b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("b200", "llama-3.1-8b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("l4", "llama-3.1-8b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("rtx4090", "llama-3.2-1b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("h100-sxm", "llama-3.1-8b", FULL, Request(backend="te"), BOTH, ("fp8", "te", 1)),
-    ("h100-sxm", "llama-3.1-8b", FULL, Request(), frozenset({"te"}), ("fp8", "te", 1)),
-    ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="lora"), Request(), BOTH, ("fp8", "torchao", 1)),
-    ("h100-sxm", "qwen2.5-7b", TrainingFacts(finetuning_type="lora"), Request(), BOTH, ("bf16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="lora"), Request("fp8"), BOTH, ("fp8", "torchao", 1)),
-    ("h100-sxm", None, FULL, Request(), BOTH, ("bf16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", FULL, Request("bf16"), BOTH, ("bf16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", TrainingFacts(stage="dpo", finetuning_type="full"), Request(), BOTH, ("bf16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", FULL, Request(), frozenset(), ("bf16", None, 1)),
-    ("h100-sxm-x8", "llama-3.1-8b", FULL, Request(), BOTH, ("fp8", "torchao", 8)),
-    ("h100-mig-1g10gb", "llama-3.1-8b", FULL, Request(), BOTH, ("fp8", "torchao", 1)),
-    ("a100", "llama-3.1-8b", FULL, Request(), BOTH, ("bf16", None, 1)),
-    ("h100-a100-mixed", "llama-3.1-8b", FULL, Request(), BOTH, ("bf16", None, 2)),
-    ("t4", "llama-3.1-8b", FULL, Request(), BOTH, ("fp16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", TrainingFacts(finetuning_type="full", asks_for_fp8=True), Request("bf16"), BOTH, ("bf16", None, 1)),
+    # profile, model, YAML keys, flags, installed backends, expected (precision, backend, processes)
+    ("h100-sxm", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("h200", "qwen2.5-7b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("b200", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("l4", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("rtx4090", "llama-3.2-1b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("h100-sxm", "llama-3.1-8b", FULL, {"backend": "te"}, ALL_FP8_BACKENDS, ("fp8", "te", 1)),
+    ("h100-sxm", "llama-3.1-8b", FULL, {}, frozenset({"te"}), ("fp8", "te", 1)),
+    ("h100-sxm", "llama-3.1-8b", LORA, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("h100-sxm", "qwen2.5-7b", LORA, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", LORA, {"precision": "fp8"}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("h100-sxm", None, FULL, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", FULL, {"precision": "bf16"}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "stage": "dpo"}, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", FULL, {}, frozenset(), ("bf16", None, 1)),
+    ("h100-sxm-x8", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 8)),
+    ("h100-mig-1g10gb", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("a100", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-a100-mixed", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("bf16", None, 2)),
+    ("t4", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8": True}, {"precision": "bf16"}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    # the user's explicit keys beat auto; flags beat them
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8_backend": "te"}, {}, ALL_FP8_BACKENDS, ("fp8", "te", 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8_backend": "te"}, {"backend": "torchao"}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8": False}, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp16": True}, {}, ALL_FP8_BACKENDS, ("fp16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {}, ALL_FP8_BACKENDS, ("fp8", "te", 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {}, frozenset({"torchao"}), ("bf16", None, 1)),
+    ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {"precision": "fp8"}, frozenset({"torchao"}), ("fp8", "torchao", 1)),
 ]
 
 
-@pytest.mark.parametrize("profile, model_name, training, request_, backends, expected", CASES)
-def test_policy_table(nvml_profile, profile, model_name, training, request_, backends, expected):
-    nvml_profile(profile)
-    decision = decide(read_gpus({}), model(model_name), training, request_, backends)
-    assert (decision.precision, decision.backend, decision.num_processes) == expected
+@pytest.mark.parametrize("profile, model_name, keys, flags, backends, expected", CASES)
+def test_policy_table(planner, profile, model_name, keys, flags, backends, expected):
+    plan = planner(profile, {**model(model_name), **keys}, backends=backends, memory_check=False, **flags)
+    decision = plan.decision
+    assert (decision.precision, decision.backend and decision.backend.name, decision.processes_per_node) == expected
     assert decision.reasons, "every decision says why"
+    passed = {key.name: key.value for key in plan.training_keys}
     if decision.precision == "fp8":
-        assert decision.training_keys["fp8"] is True
-        assert decision.training_keys["fp8_backend"] == decision.backend
-        compiled = decision.backend == "torchao"
-        assert decision.training_keys["torch_compile"] is compiled
-        assert decision.training_keys.get("dataloader_drop_last", False) is compiled
+        assert passed["fp8"] is True and passed["fp8_backend"] == decision.backend.name
+        compiled = decision.backend.name == "torchao"
+        assert passed["torch_compile"] is compiled
+        assert passed.get("dataloader_drop_last", False) is compiled
     else:
-        assert decision.training_keys["fp8"] is False
+        assert passed["fp8"] is False
+
+
+def test_a_yaml_backend_is_kept_and_said(planner):
+    plan = planner("h100-sxm", {**model("llama-3.1-8b"), **FULL, "fp8_backend": "te"}, memory_check=False)
+    assert "backend te from the training YAML's fp8_backend" in plan.decision.reasons
+    assert not plan.replaced, "nothing the user wrote was replaced"
+
+
+def test_fp8_forced_through_torchao_replaces_the_users_torch_compile_and_says_so(planner):
+    plan = planner("h100-sxm", {**model("llama-3.1-8b"), **FULL, "torch_compile": False}, backends=frozenset({"torchao"}), precision="fp8", memory_check=False)
+    (replaced,) = plan.replaced
+    assert (replaced.name, replaced.replaces, replaced.value, replaced.source) == ("torch_compile", (False,), True, "flag")
+
+
+def test_auto_keeps_bf16_where_the_user_turned_compile_off_and_only_torchao_is_there(planner):
+    plan = planner("h100-sxm", {**model("llama-3.1-8b"), **FULL, "torch_compile": False}, backends=frozenset({"torchao"}), memory_check=False)
+    assert "BF16 because torchao FP8 needs torch_compile, which the training YAML turns off" in plan.decision.reasons
+
+
+def test_precedence_is_flag_then_explicit_key_then_auto():
+    assert precedence("flag", "yaml", lambda: "auto") == ("flag", "flag")
+    assert precedence(None, "yaml", lambda: "auto") == ("yaml", "yaml")
+    assert precedence(None, None, lambda: "auto") == ("auto", "auto")
 
 
 REFUSALS = [
-    ("a100", FULL, Request("fp8"), BOTH, FP8Unavailable, "compute capability 8.0"),
-    ("h100-a100-mixed", FULL, Request("fp8"), BOTH, FP8Unavailable, "GPU 1 (NVIDIA A100"),
-    ("a100", TrainingFacts(finetuning_type="full", asks_for_fp8=True), Request(), BOTH, FP8Unavailable, "8.9"),
-    ("h100-sxm", TrainingFacts(stage="kto"), Request("fp8"), BOTH, FP8Unavailable, "not kto"),
-    ("h100-sxm", TrainingFacts(quantized=True), Request("fp8"), BOTH, FP8Unavailable, "quantized"),
-    ("h100-sxm", FULL, Request("fp8"), frozenset(), FP8Unavailable, "no FP8 backend"),
-    ("h100-sxm", FULL, Request("fp8", backend="te"), frozenset({"torchao"}), FP8Unavailable, "te is not installed"),
-    ("t4", FULL, Request("bf16"), BOTH, BF16Unavailable, "no BF16"),
-    ("no-gpu", FULL, Request(), BOTH, NoGpu, "--gpus all"),
-    ("no-gpu", FULL, Request("fp8", allow_cpu=True), BOTH, FP8Unavailable, "needs a GPU"),
+    ("a100", FULL, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "compute capability 8.0"),
+    ("h100-a100-mixed", FULL, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "GPU 1 (NVIDIA A100"),
+    ("a100", {**FULL, "fp8": True}, {}, ALL_FP8_BACKENDS, FP8Unavailable, "8.9"),
+    ("h100-sxm", {"stage": "kto"}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "not kto"),
+    ("h100-sxm", {"quantization_bit": 4}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "quantized"),
+    ("h100-sxm", FULL, {"precision": "fp8"}, frozenset(), FP8Unavailable, "no FP8 backend"),
+    ("h100-sxm", FULL, {"precision": "fp8", "backend": "te"}, frozenset({"torchao"}), FP8Unavailable, "te is not installed"),
+    ("h100-sxm", {**FULL, "fp8": True, "fp8_backend": "msamp"}, {}, ALL_FP8_BACKENDS, FP8Unavailable, "msamp is not one this launcher runs"),
+    ("t4", FULL, {"precision": "bf16"}, ALL_FP8_BACKENDS, BF16Unavailable, "no BF16"),
+    ("no-gpu", FULL, {}, ALL_FP8_BACKENDS, NoGpu, "--gpus all"),
+    ("no-gpu", FULL, {"precision": "fp8", "allow_cpu": True}, ALL_FP8_BACKENDS, FP8Unavailable, "needs a GPU"),
 ]
 
 
-@pytest.mark.parametrize("profile, training, request_, backends, error, words", REFUSALS)
-def test_policy_refuses_rather_than_running_something_else(nvml_profile, profile, training, request_, backends, error, words):
-    nvml_profile(profile)
+@pytest.mark.parametrize("profile, keys, flags, backends, error, words", REFUSALS)
+def test_policy_refuses_rather_than_running_something_else(planner, profile, keys, flags, backends, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(")):
-        decide(read_gpus({}), model("llama-3.1-8b"), training, request_, backends)
+        planner(profile, {**model("llama-3.1-8b"), **keys}, backends=backends, memory_check=False, **flags)
 
 
-def test_cpu_training_needs_allow_cpu_and_says_so(nvml_profile):
-    nvml_profile("no-gpu")
-    decision = decide(read_gpus({}), None, FULL, Request("bf16", allow_cpu=True), BOTH)
-    assert (decision.device, decision.precision, decision.training_keys["use_cpu"]) == ("cpu", "bf16", True)
-    auto = decide(read_gpus({}), None, FULL, Request(allow_cpu=True), BOTH)
+def test_cpu_training_needs_allow_cpu_and_says_so(planner):
+    plan = planner("no-gpu", {**model("llama-3.2-1b"), **FULL}, precision="bf16", allow_cpu=True)
+    passed = {key.name: key.value for key in plan.training_keys}
+    assert (plan.decision.device, plan.decision.precision, passed["use_cpu"]) == ("cpu", "bf16", True)
+    auto = planner("no-gpu", {**model("llama-3.2-1b"), **FULL}, allow_cpu=True).decision
     assert auto.precision == "fp32" and "CPU" in auto.reasons[0]
 
 
-def test_strategies(nvml_profile):
-    nvml_profile("h100-sxm-x8")
-    gpus, facts = read_gpus({}), model("llama-3.1-8b")
-    assert decide(gpus, facts, FULL, Request(strategy="fsdp2"), BOTH).strategy == "fsdp2"
-    zero3 = decide(gpus, facts, FULL, Request(strategy="deepspeed-zero3"), BOTH)
-    assert (zero3.strategy, zero3.deepspeed_stage) == ("deepspeed", 3)
-    from_yaml = decide(gpus, facts, TrainingFacts(finetuning_type="full", deepspeed="ds.json"), Request(), BOTH)
-    assert (from_yaml.strategy, from_yaml.deepspeed_stage) == ("deepspeed", None)
-
-
-def test_small_model_stays_bf16_and_says_why(nvml_profile):
-    nvml_profile("h100-sxm")
-    tiny = read_model_facts(str(BENCH_MODELS / "llama-3.2-1b"))
-    from dataclasses import replace
-
-    small = replace(tiny, num_parameters=100_000_000)
-    decision = decide(read_gpus({}), small, FULL, Request(), BOTH)
-    assert decision.precision == "bf16"
-    assert any("0.10B" in reason for reason in decision.reasons)
+def test_small_model_stays_bf16_and_says_why(planner):
+    plan = planner("h100-sxm", {**model("qwen2.5-0.5b"), **FULL})
+    assert plan.decision.precision == "bf16"
+    assert any("0.49B" in reason for reason in plan.decision.reasons)
 
 
 def measured_speedups(backend: str = "torchao", against: str = "compiled"):
@@ -126,23 +143,18 @@ def measured_speedups(backend: str = "torchao", against: str = "compiled"):
     return {key: statistics.mean(values) for key, values in runs.items()}
 
 
-def test_auto_never_keeps_the_slower_precision_on_a_measured_shape(nvml_profile):
+def test_auto_never_keeps_the_slower_precision_on_a_measured_shape(planner, tmp_path):
     """FP8 where it was measured 5% faster or more (the crossover), and never BF16 where BF16 was measured more
     than 3% slower, nor FP8 where FP8 was."""
-    from dataclasses import replace
-
-    from llamafactory_fp8.model_facts import estimate_parameters
-
-    nvml_profile("h100-sxm")
     speedups = measured_speedups()
     assert {finetuning for _, _, finetuning in speedups} == {"full", "lora"}
     for (shape, layers, finetuning), speedup in speedups.items():
-        facts = read_model_facts(str(BENCH_MODELS / shape))
-        if layers:
-            config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
-            facts = replace(facts, num_parameters=estimate_parameters({**config, "num_hidden_layers": layers}))
-        training = TrainingFacts(finetuning_type=finetuning)
-        chosen = decide(read_gpus({}), facts, training, Request(), frozenset({"torchao"})).precision
+        config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
+        folder = tmp_path / f"{shape}-{layers}"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers or config["num_hidden_layers"]}))
+        keys = {"model_name_or_path": str(folder), "finetuning_type": finetuning}
+        chosen = planner("h100-sxm", keys, backends=frozenset({"torchao"}), memory_check=False).decision.precision
         if speedup >= 1.05:
             assert chosen == "fp8", (shape, layers, finetuning, speedup)
         if chosen == "bf16":
@@ -156,4 +168,4 @@ def test_the_preferred_backend_is_the_fastest_measured():
     torchao, te = measured_speedups("torchao", "eager"), measured_speedups("te", "eager")
     assert set(torchao) & set(te)
     for key in set(torchao) & set(te):
-        assert (torchao[key] >= te[key]) == (FP8_BACKEND_PREFERENCE[0] == "torchao"), key
+        assert (torchao[key] >= te[key]) == (FP8_BACKENDS[0].name == "torchao"), key

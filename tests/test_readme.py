@@ -1,17 +1,35 @@
-"""The README's fault table names the test behind each row: each must exist."""
+"""The README's fault and exit-code tables name the test behind each row: each must exist, and the exit-code table
+lists exactly the codes the launcher can return."""
 
 import ast
 import re
 
+from llamafactory_fp8.errors import documented_exit_codes
+
 from .conftest import ROOT
 
+README = (ROOT / "README.md").read_text()
 
-def test_every_test_the_fault_table_names_exists():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Faults: what was tried") : readme.index("## Several GPUs and several nodes")]
+
+def section(start: str, end: str) -> str:
+    return README[README.index(start) : README.index(end)]
+
+
+def assert_named_tests_exist(table: str) -> int:
     named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
-    assert len(named) >= 10
     for path, name in named:
         tree = ast.parse((ROOT / path).read_text())
         functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert name in functions, f"{path}::{name}"
+    return len(named)
+
+
+def test_every_test_the_fault_table_names_exists():
+    assert assert_named_tests_exist(section("## Faults: what was tried", "## Several GPUs and several nodes")) >= 10
+
+
+def test_the_exit_code_table_lists_every_code_each_with_an_existing_test():
+    table = section("## Exit codes", "## Faults: what was tried")
+    rows = re.findall(r"^\| ([\d+N]+) \| .+ \| (`tests/[^|]+`) \|$", table, re.M)
+    assert [code for code, _ in rows] == [str(code) for code in documented_exit_codes()] + ["128+N"]
+    assert assert_named_tests_exist(table) == len(rows)

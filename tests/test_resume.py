@@ -6,7 +6,7 @@ import pytest
 
 from llamafactory_fp8.records import read_record, write_record
 from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, record_path
-from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 from llamafactory_fp8.topology import Topology
 
 
@@ -20,23 +20,23 @@ def checkpoint(output_dir, step, complete=True):
 
 
 @pytest.mark.parametrize(
-    "record, complete, cut_short, values, expected_keys",
+    "record, complete, cut_short, users_checkpoint, expected_keys",
     [
-        (None, [20], [], {}, None),  # no run of ours here: LLaMA-Factory's own rule applies
-        (RunRecord("finished", 0), [20], [], {}, None),
-        (RunRecord("stopped", STOPPED_EXIT_CODE), [20, 37], [], {}, {"resume_from_checkpoint": "checkpoint-37"}),
-        (RunRecord("failed", 143), [20], [40], {}, {"resume_from_checkpoint": "checkpoint-20"}),
-        (RunRecord("running"), [], [20], {}, {"overwrite_output_dir": True}),
-        (RunRecord("failed", 1), [], [], {}, None),
-        (RunRecord("stopped", STOPPED_EXIT_CODE), [20], [], {"resume_from_checkpoint": "mine"}, None),
+        (None, [20], [], None, None),  # no run of ours here: LLaMA-Factory's own rule applies
+        (RunRecord("finished", 0), [20], [], None, None),
+        (RunRecord("stopped", STOPPED_EXIT_CODE), [20, 37], [], None, {"resume_from_checkpoint": "checkpoint-37"}),
+        (RunRecord("failed", 143), [20], [40], None, {"resume_from_checkpoint": "checkpoint-20"}),
+        (RunRecord("running"), [], [20], None, {"overwrite_output_dir": True}),
+        (RunRecord("failed", 1), [], [], None, None),
+        (RunRecord("stopped", STOPPED_EXIT_CODE), [20], [], "mine", None),
     ],
 )
-def test_plan_resume(tmp_path, record, complete, cut_short, values, expected_keys):
+def test_plan_resume(tmp_path, record, complete, cut_short, users_checkpoint, expected_keys):
     for step in complete:
         checkpoint(tmp_path, step)
     for step in cut_short:
         checkpoint(tmp_path, step, complete=False)
-    resume = plan_resume(tmp_path, record, values)
+    resume = plan_resume(tmp_path, record, users_checkpoint)
     if expected_keys is None:
         assert resume is None
         return
@@ -48,7 +48,7 @@ def test_plan_resume(tmp_path, record, complete, cut_short, values, expected_key
 
 def test_a_run_left_only_cut_short_checkpoints_starts_over_and_says_why(tmp_path):
     checkpoint(tmp_path, 20, complete=False)
-    resume = plan_resume(tmp_path, RunRecord("running"), {})
+    resume = plan_resume(tmp_path, RunRecord("running"), None)
     assert resume.why == (
         "the last run in this output_dir ended without a word (killed, or its node lost) and left no complete "
         "checkpoint (checkpoint-20): starting over"

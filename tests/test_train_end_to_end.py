@@ -66,3 +66,16 @@ def test_inspect_reports_gpus_and_choice():
     assert len(report["gpus"]["gpus"]) == 8
     text = run_cli("inspect", profile="a100").stdout
     assert "NVIDIA A100-SXM4-80GB, compute capability 8.0" in text and "train would choose BF16" in text
+
+
+def test_dry_run_json_emits_the_plan_the_block_prints(tmp_path):
+    output_dir = tmp_path / "out"
+    args = ["train", DEMO, "--allow-cpu", f"output_dir={output_dir}", f"model_name_or_path={tmp_path / 'm'}", "max_steps=7", "--dry-run"]
+    plan = json.loads(run_cli(*args, "--json").stdout)
+    block = run_cli(*args).stdout
+    keys = {key["name"]: key for key in plan["training_keys"]}
+    assert (keys["max_steps"]["value"], keys["max_steps"]["source"], keys["max_steps"]["replaces"]) == (7, "flag", [40])
+    assert (keys["use_cpu"]["source"], keys["dataset"]["source"], keys["dataset"]["argument"]) == ("auto", "yaml", None)
+    assert plan["decision"]["device"] == "cpu" and plan["accelerate"]["values"]["use_cpu"] is True
+    assert f"cd {plan['workdir']} && " in block and " ".join(plan["command"][-3:]) in block
+    assert not output_dir.exists()

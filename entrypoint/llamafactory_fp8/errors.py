@@ -1,49 +1,91 @@
-"""Errors a user can fix: each is printed as one line and ends the program with its own exit code."""
+"""Every exit code the launcher ends with, in one place: the errors a user can fix (each printed as one line) and
+the outcomes of a run. The README's exit-code table and the Kubernetes Jobs' podFailurePolicy follow this file."""
 
-USAGE_EXIT_CODE = 64
+FINISHED_EXIT_CODE = 0
+TRAINING_FAILED_EXIT_CODE = 1  # the trainer's own error is above the launcher's last line
+USAGE_EXIT_CODE = 64  # EX_USAGE (sysexits.h): unknown flag or value
+STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, nothing lost; run the same command again
 
 
 class LaunchError(Exception):
-    """Base of the user-facing errors; `exit_code` is what the process returns."""
+    """Base of the user-facing errors: `exit_code` is what the process returns, `meaning` its row in the README."""
 
-    exit_code = 1
+    exit_code = TRAINING_FAILED_EXIT_CODE
+    meaning = ""
 
 
 class FP8Unavailable(LaunchError):
     exit_code = 2
+    meaning = "FP8 refused (GPU below compute capability 8.9, no backend, unsupported stage, quantized model)"
 
 
 class NoGpu(LaunchError):
     exit_code = 3
+    meaning = "no GPU visible (pass `--allow-cpu` to train on the CPU)"
 
 
 class BF16Unavailable(LaunchError):
     exit_code = 4
+    meaning = "BF16 refused (GPU below compute capability 8.0)"
 
 
 class ConfigMissing(LaunchError):
     exit_code = 10
+    meaning = "training YAML missing"
 
 
 class ConfigUnparsable(LaunchError):
     exit_code = 11
+    meaning = "training YAML not valid YAML"
 
 
 class ConfigNotMapping(LaunchError):
     exit_code = 12
+    meaning = "training YAML not a mapping"
 
 
 class ConfigInvalid(LaunchError):
     exit_code = 13
+    meaning = "training YAML missing a required key, a key of the wrong kind, or a bad override"
 
 
 class OutputNotWritable(LaunchError):
     exit_code = 14
+    meaning = "output_dir not writable"
 
 
 class AccelerateConfigInvalid(LaunchError):
     exit_code = 15
+    meaning = "Accelerate config missing, invalid, or disagreeing with the chosen precision"
 
 
 class DistributedEnvInvalid(LaunchError):
     exit_code = 16
+    meaning = "multi-node environment incomplete (`NNODES` without `MASTER_ADDR` or node rank)"
+
+
+class ModelGated(LaunchError):
+    exit_code = 17
+    meaning = "model gated or private on the Hub and this token has no access (401/403)"
+
+
+class ModelNotFound(LaunchError):
+    exit_code = 18
+    meaning = "model, its revision or its config.json not found (404), or its hub's client not installed"
+
+
+class DoesNotFit(LaunchError):
+    exit_code = 20
+    meaning = "the run does not fit in GPU memory with any strategy (pass `--no-memory-check` to try anyway)"
+
+
+def documented_exit_codes() -> dict[int, str]:
+    """Every code the launcher can return, with its meaning; 128+N (a second signal) comes on top."""
+    refusals = {error.exit_code: error.meaning for error in LaunchError.__subclasses__()}
+    return {
+        FINISHED_EXIT_CODE: "training finished",
+        TRAINING_FAILED_EXIT_CODE: "training failed: the trainer's own error is above the launcher's last line",
+        **refusals,
+        USAGE_EXIT_CODE: "usage error (unknown flag or value)",
+        STOPPED_EXIT_CODE: "stopped on request (SIGTERM, SIGINT or SIGHUP), after saving a checkpoint or before the first step",
+    }

@@ -1,4 +1,5 @@
-"""Start `accelerate launch ... llamafactory_fp8.trainer CONFIG`, turn signals into a stop request, return its exit code."""
+"""Run a LaunchPlan: `accelerate launch ... llamafactory_fp8.trainer CONFIG key=value...`, a signal turned into a
+stop request, the outcome recorded for the next run and for the healthcheck, the exit code returned."""
 
 from __future__ import annotations
 
@@ -6,16 +7,27 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .stop_request import StopFiles
+from .accelerate_config import write_accelerate_config
+from .errors import STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .records import write_record
+from .resume import RunRecord, outcome
+from .run_info import RunState, write_state
+from .stop_request import StopAnswer, StopFiles
 from .topology import Topology
+
+if TYPE_CHECKING:
+    from .plan import LaunchPlan
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def build_command(accelerate_config: Path, training_config: Path, training_keys: dict[str, object]) -> list[str]:
+def build_command(accelerate_config: Path, training_config: Path, arguments: dict[str, str]) -> list[str]:
     """LLaMA-Factory's `run_exp` through our trainer module (it adds the stop-on-request callback) under
     `accelerate launch`: `llamafactory-cli train` would re-launch itself through torchrun when it sees several GPUs,
     nesting two launchers. `--quiet`: a failed trainer's own traceback is the one worth reading, not Accelerate's
@@ -25,24 +37,72 @@ def build_command(accelerate_config: Path, training_config: Path, training_keys:
         "--config_file", str(accelerate_config),
         "-m", "llamafactory_fp8.trainer",
         str(training_config),
-        *(f"{key}={format_value(value)}" for key, value in training_keys.items()),
+        *(f"{key}={text}" for key, text in arguments.items()),
     ]  # fmt: skip
 
 
 def format_value(value: object) -> str:
     """Spell a value the way LLaMA-Factory's OmegaConf command line reads it back."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def child_environment(environ: dict[str, str], topology: Topology, device: str) -> dict[str, str]:
-    """Logs must reach `docker logs` and the healthcheck as they happen, not when a buffer fills. On the CPU,
-    `accelerate launch` starts one process per node and expects MPI to name its rank, so the launcher does."""
-    env = {**environ, "PYTHONUNBUFFERED": "1"}
+def child_environment(topology: Topology, device: str) -> dict[str, str]:
+    """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` and the
+    healthcheck as they happen, not when a buffer fills. On the CPU, `accelerate launch` starts one process per
+    node and expects MPI to name its rank, so the launcher does."""
+    env = {"PYTHONUNBUFFERED": "1"}
     if device == "cpu" and topology.num_machines > 1:
         env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
     return env
+
+
+def launch(plan: LaunchPlan) -> int:
+    """Write what the plan rendered, start the trainer, and record how it ended."""
+    if plan.accelerate.values is not None:
+        write_accelerate_config(dict(plan.accelerate.values), plan.accelerate.path)
+    if plan.demo_model is not None:
+        from .demo import build_demo_model
+
+        print(f"building the demo model at {plan.demo_model} (tiny random-init Llama, offline)", flush=True)
+        build_demo_model(plan.demo_model, plan.workdir / plan.training.dataset_dir)
+    stop_files = StopFiles.in_dir(plan.state_file.parent)
+    stop_files.clear()
+    state = RunState(0, str(plan.output_dir.resolve()), plan.decision.device, time.time())
+
+    def started(pid: int) -> None:
+        nonlocal state
+        state = replace(state, trainer_pid=pid)
+        write_state(state, plan.state_file)
+
+    write_record(RunRecord("running"), plan.run_record)
+    exit_code = run(list(plan.command), {**os.environ, **plan.environment}, stop_files, cwd=plan.workdir, on_start=started)
+    answer = stop_files.read_answer()
+    if answer is not None and exit_code == 0:
+        exit_code = STOPPED_EXIT_CODE
+        print(f"llamafactory-fp8: {describe_stop(answer)}", file=sys.stderr, flush=True)
+    elif exit_code == TRAINING_FAILED_EXIT_CODE:
+        print(
+            "llamafactory-fp8: training failed (exit 1); the trainer's error is above. A trainer killed outright, "
+            "by the out-of-memory killer for one, leaves none: look at the kernel log",
+            file=sys.stderr,
+            flush=True,
+        )
+    write_record(outcome(exit_code), plan.run_record)
+    write_state(replace(state, exit_code=exit_code), plan.state_file)
+    return exit_code
+
+
+def describe_stop(answer: StopAnswer) -> str:
+    if answer.checkpoint is None:
+        return f"stopped on request before the first step, with nothing to save; run the same command again to start (exit {STOPPED_EXIT_CODE})"
+    return (
+        f"stopped on request after step {answer.step}, checkpoint saved in {answer.checkpoint}; "
+        f"run the same command again to resume from it (exit {STOPPED_EXIT_CODE})"
+    )
 
 
 def run(

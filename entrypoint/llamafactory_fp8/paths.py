@@ -21,8 +21,8 @@ def accelerate_configs_dir() -> Path:
     return project_home() / "configs" / "accelerate"
 
 
-def deepspeed_config(stage: int) -> Path:
-    return project_home() / "configs" / "deepspeed" / f"zero{stage}.json"
+def deepspeed_config(name: str) -> Path:
+    return project_home() / "configs" / "deepspeed" / name
 
 
 def demo_config() -> Path:

@@ -10,9 +10,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from .stop_request import STOPPED_EXIT_CODE
+from .errors import STOPPED_EXIT_CODE
 from .topology import Topology
 
 Status = Literal["running", "stopped", "failed", "finished"]
@@ -68,10 +68,10 @@ def is_complete(checkpoint: Path) -> bool:
     return True
 
 
-def plan_resume(output_dir: Path, record: RunRecord | None, training_values: dict[str, Any]) -> Resume | None:
-    """How to continue a run that did not finish here, or None: nothing to continue, or the YAML names its own
-    checkpoint."""
-    if training_values.get("resume_from_checkpoint") or record is None or record.status == "finished":
+def plan_resume(output_dir: Path, record: RunRecord | None, users_checkpoint: str | None) -> Resume | None:
+    """How to continue a run that did not finish here, or None: nothing to continue, or the user names their own
+    checkpoint (`resume_from_checkpoint`)."""
+    if users_checkpoint or record is None or record.status == "finished":
         return None
     found = checkpoints(output_dir)
     if not found:

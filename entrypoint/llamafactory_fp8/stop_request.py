@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .records import read_record, write_record
 
-STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, nothing lost; run the same command again
 _REQUEST_ENV = "LLAMAFACTORY_FP8_STOP_REQUEST"
 _ANSWER_ENV = "LLAMAFACTORY_FP8_STOP_ANSWER"
 

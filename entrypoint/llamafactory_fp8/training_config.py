@@ -1,51 +1,67 @@
-"""Load a LLaMA-Factory training YAML and pull out the few facts the launcher decides on."""
+"""Read a LLaMA-Factory training YAML once, with the user's key=value overrides, into a typed frozen config.
+
+Only the keys the launcher decides on are typed here, with LLaMA-Factory's own defaults (`hparams/`); every other
+key passes through to LLaMA-Factory untouched. A key of the wrong kind is one line and exit 13 here rather than a
+traceback from LLaMA-Factory's argument parser minutes later."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import yaml
 
 from .errors import ConfigInvalid, ConfigMissing, ConfigNotMapping, ConfigUnparsable, OutputNotWritable
 
+STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")  # LLaMA-Factory's FinetuningArguments.stage
 FP8_CAPABLE_STAGES = ("pt", "sft")  # LLaMA-Factory configures FP8 only in these trainers
+FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
+QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """A training YAML as LLaMA-Factory will read it, with the user's key=value overrides applied."""
+    """A training YAML as LLaMA-Factory will read it: `values` is the YAML with the overrides applied, `written`
+    the YAML as the user wrote it, `overrides` the key=value text as typed (passed on unchanged)."""
 
     path: Path
-    values: dict[str, Any]
-    overrides: dict[str, str]  # as typed on the command line, passed on to LLaMA-Factory unchanged
+    values: Mapping[str, Any]
+    written: Mapping[str, Any]
+    overrides: Mapping[str, str]
+    model: str
+    model_revision: str
+    hf_hub_token: str | None
+    cache_dir: str | None
+    output_dir: Path
+    dataset_dir: str
+    stage: str
+    finetuning_type: str
+    quantization_bit: int | None
+    lora_rank: int
+    lora_target: tuple[str, ...]
+    freeze_trainable_layers: int
+    micro_batch_size: int
+    cutoff_len: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    torch_compile: bool
+    optim: str
+    pure_bf16: bool
+    enable_liger_kernel: bool
+    fp8: bool | None  # None: the YAML does not say
+    fp8_backend: str | None  # None or "auto": the YAML leaves it to the launcher
+    fp16: bool
+    deepspeed: str | Mapping | None
+    fsdp: str | None
+    fsdp_config: Mapping | str | None
+    resume_from_checkpoint: str | None
 
-    @property
-    def model(self) -> str:
-        return str(self.values["model_name_or_path"])
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(str(self.values["output_dir"]))
-
-    @property
-    def stage(self) -> str:
-        return str(self.values.get("stage", "sft"))
-
-    @property
-    def finetuning_type(self) -> str:
-        return str(self.values.get("finetuning_type", "lora"))
-
-    @property
-    def deepspeed(self) -> str | None:
-        value = self.values.get("deepspeed")
-        return None if value is None else str(value)
-
-    @property
-    def asks_for_fp8(self) -> bool:
-        return bool(self.values.get("fp8", False))
+    def sets(self, key: str) -> bool:
+        """Whether the user set `key` explicitly (in the YAML or as key=value), not left it to a default."""
+        return key in self.values
 
 
 def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
@@ -53,19 +69,53 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
     if not path.is_file():
         raise ConfigMissing(f"training config not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        written = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigUnparsable(f"training config is not valid YAML{where}: {path}") from None
-    if not isinstance(values, dict):
-        raise ConfigNotMapping(f"training config must be a YAML mapping of LLaMA-Factory keys, got {_kind(values)}: {path}")
+    if not isinstance(written, dict):
+        raise ConfigNotMapping(f"training config must be a YAML mapping of LLaMA-Factory keys, got {_kind(written)}: {path}")
+    written = {str(key): value for key, value in written.items()}
     parsed = parse_overrides(overrides)
-    values = {**values, **{key: yaml.safe_load(raw) if raw else "" for key, raw in parsed.items()}}
-    for key in ("model_name_or_path", "output_dir"):
-        if not values.get(key):
-            raise ConfigInvalid(f"training config has no {key}: {path}")
-    return TrainingConfig(path=path, values=values, overrides=parsed)
+    values = {**written, **{key: _typed(raw) for key, raw in parsed.items()}}
+    read = _Reader(values, path)
+    deepspeed = values.get("deepspeed")
+    if deepspeed is not None and not isinstance(deepspeed, (str, dict)):
+        raise ConfigInvalid(f"training config: deepspeed must be a path to a DeepSpeed JSON or a mapping, got {deepspeed!r}: {path}")
+    return TrainingConfig(
+        path=path,
+        values=MappingProxyType(values),
+        written=MappingProxyType(written),
+        overrides=MappingProxyType(parsed),
+        model=read.text("model_name_or_path", required=True),
+        model_revision=read.text("model_revision", "main"),
+        hf_hub_token=read.text("hf_hub_token", None),
+        cache_dir=read.text("cache_dir", None),
+        output_dir=Path(read.text("output_dir", required=True)),
+        dataset_dir=read.text("dataset_dir", "data"),
+        stage=read.choice("stage", STAGES, "sft"),
+        finetuning_type=read.choice("finetuning_type", FINETUNING_TYPES, "lora"),
+        quantization_bit=read.choice("quantization_bit", QUANTIZATION_BITS, None),
+        lora_rank=read.integer("lora_rank", 8, minimum=1),
+        lora_target=read.names("lora_target", "all"),
+        freeze_trainable_layers=read.integer("freeze_trainable_layers", 2),
+        micro_batch_size=read.integer("per_device_train_batch_size", 8, minimum=1),  # Transformers' default
+        cutoff_len=read.integer("cutoff_len", 2048, minimum=1),
+        gradient_accumulation_steps=read.integer("gradient_accumulation_steps", 1, minimum=1),
+        gradient_checkpointing=not read.flag("disable_gradient_checkpointing", False),
+        torch_compile=read.flag("torch_compile", False),
+        optim=read.text("optim", "adamw_torch_fused"),  # Transformers' default with torch >= 2.8
+        pure_bf16=read.flag("pure_bf16", False),
+        enable_liger_kernel=read.flag("enable_liger_kernel", False),
+        fp8=read.flag("fp8", None),
+        fp8_backend=read.choice("fp8_backend", ("auto", "torchao", "te", "msamp"), None),
+        fp16=read.flag("fp16", False),
+        deepspeed=deepspeed,
+        fsdp=_fsdp_options(values.get("fsdp"), path),
+        fsdp_config=values.get("fsdp_config") if isinstance(values.get("fsdp_config"), (dict, str)) else None,
+        resume_from_checkpoint=read.text("resume_from_checkpoint", None),
+    )
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
@@ -80,12 +130,91 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def check_output_dir_writable(output_dir: Path) -> None:
-    """Fail before launching rather than after the first checkpoint."""
+    """Fail before deciding anything rather than after the first checkpoint."""
     existing = output_dir
-    while not existing.exists():
+    while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputNotWritable(f"output_dir is not writable: {output_dir} ({existing} does not allow writing)")
+
+
+class _Reader:
+    """Typed reads of one key each, with LLaMA-Factory's default where the key is absent."""
+
+    def __init__(self, values: dict[str, Any], path: Path):
+        self.values, self.path = values, path
+
+    def _invalid(self, key: str, wanted: str) -> ConfigInvalid:
+        return ConfigInvalid(f"training config: {key} must be {wanted}, got {self.values[key]!r}: {self.path}")
+
+    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.values.get(key)
+        if value is None or value == "":
+            if required:
+                raise ConfigInvalid(f"training config has no {key}: {self.path}")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self._invalid(key, "a text value")
+        return str(value)
+
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        wanted = "an integer" + (f" of at least {minimum}" if minimum is not None else "")
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            raise self._invalid(key, wanted)
+        return value
+
+    def flag(self, key: str, default: bool | None) -> bool | None:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise self._invalid(key, "true or false")
+        return value
+
+    def names(self, key: str, default: str) -> tuple[str, ...]:
+        """Module names as LLaMA-Factory's `split_arg` reads them: "q_proj,v_proj" or a list."""
+        value = self.values.get(key)
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return tuple(value)
+        return tuple(name.strip() for name in self.text(key, default).split(",") if name.strip())
+
+    def choice(self, key: str, allowed: tuple, default):
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.isdigit() and all(isinstance(option, int) for option in allowed):
+            value = int(value)
+        if isinstance(value, bool) or value not in allowed:
+            raise self._invalid(key, "one of " + ", ".join(map(str, allowed)))
+        return value
+
+
+def _fsdp_options(value: Any, path: Path) -> str | None:
+    """Transformers' `fsdp`: options as one string ("full_shard auto_wrap") or a list of them; "" means off."""
+    if value in (None, "", False, []):
+        return None
+    if isinstance(value, list) and all(isinstance(option, str) for option in value):
+        return " ".join(value)
+    if isinstance(value, str):
+        return value
+    raise ConfigInvalid(f"training config: fsdp must be FSDP options such as 'full_shard auto_wrap', got {value!r}: {path}")
+
+
+def _typed(raw: str) -> Any:
+    """An override's value as LLaMA-Factory's OmegaConf command line will read it."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _kind(value: Any) -> str:

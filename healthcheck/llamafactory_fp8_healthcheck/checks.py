@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from llamafactory_fp8.gpus import GpuInventory
-from llamafactory_fp8.run_state import RunState
-
-PROGRESS_FILES = ("trainer_log.jsonl", "trainer_state.json")
+from llamafactory_fp8.run_info import RunState, last_progress
 
 
 @dataclass(frozen=True)
@@ -27,17 +23,6 @@ class Windows:
         )
 
 
-def check_gpus(state: RunState, gpus: GpuInventory) -> str | None:
-    if state.device != "cuda":
-        return None
-    if not gpus.count:
-        return f"GPUs gone: {gpus.unavailable_reason}"
-    sick = [gpu for gpu in gpus.gpus if gpu.health_problem]
-    if sick:
-        return f"GPU {sick[0].index} ({sick[0].name}) unhealthy: {sick[0].health_problem}"
-    return None
-
-
 def check_trainer_alive(state: RunState) -> str | None:
     if state.exit_code is not None:
         return None if state.exit_code == 0 else f"trainer exited with code {state.exit_code}"
@@ -53,18 +38,13 @@ def check_trainer_alive(state: RunState) -> str | None:
 def check_progress(state: RunState, windows: Windows, now: float) -> str | None:
     if state.exit_code is not None:
         return None
-    last_progress = latest_progress(Path(state.output_dir))
-    if last_progress is None or last_progress < state.started_at:
+    progress = last_progress(state)
+    if progress is None or progress < state.started_at:
         waited = now - state.started_at
         if waited > windows.startup_grace_s:
             return f"no training log after {waited:.0f}s (start-up grace {windows.startup_grace_s:.0f}s)"
         return None
-    stalled = now - last_progress
+    stalled = now - progress
     if stalled > windows.stall_after_s:
         return f"training log has not advanced for {stalled:.0f}s (limit {windows.stall_after_s:.0f}s)"
     return None
-
-
-def latest_progress(output_dir: Path) -> float | None:
-    times = [path.stat().st_mtime for path in (output_dir / name for name in PROGRESS_FILES) if path.exists()]
-    return max(times, default=None)

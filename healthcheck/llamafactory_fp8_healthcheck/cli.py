@@ -1,27 +1,25 @@
 """`llamafactory-fp8-healthcheck`: exit 0 when healthy, 1 when not, with one line saying why.
-Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe."""
+Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe. It reads the run only through the
+launcher's public `llamafactory_fp8.run_info`."""
 
 from __future__ import annotations
 
 import time
 
-from llamafactory_fp8.gpus import read_gpus
-from llamafactory_fp8.records import read_record
-from llamafactory_fp8.run_state import RunState, state_path
+from llamafactory_fp8 import run_info
 
-from .checks import Windows, check_gpus, check_progress, check_trainer_alive
+from .checks import Windows, check_progress, check_trainer_alive
 
 
 def main() -> int:
-    path = state_path()
-    state = read_record(RunState, path)
+    state = run_info.current_run()
     if state is None:
-        print(f"unhealthy: no training run recorded at {path}")
+        print(f"unhealthy: no training run recorded at {run_info.state_path()}")
         return 1
     problem = (
         check_trainer_alive(state)
         or check_progress(state, Windows.from_env(), time.time())
-        or check_gpus(state, read_gpus())
+        or (run_info.gpu_problem() if state.device == "cuda" else None)
     )
     if problem:
         print(f"unhealthy: {problem}")

@@ -1,0 +1,134 @@
+"""The memory model against every committed benchmark: each run is replayed through the launcher exactly as
+bench/run_bench.py started it (its own argument list, captured), and the plan's estimate must be within 15% of
+the peak memory the run reserved. A result committed later is checked the same way, with no change here."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamafactory_fp8 import inspection as inspection_module
+from llamafactory_fp8 import memory
+from llamafactory_fp8.cli import main
+from llamafactory_fp8.model_facts import read_model_facts
+from llamafactory_fp8.strategies import BY_NAME as STRATEGIES
+from llamafactory_fp8.training_config import load_training_config
+
+from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, PROFILES, ROOT, model_dir
+
+RESULTS = sorted((ROOT / "bench" / "results").glob("*/*.json"))
+MEASURED = [
+    (path, index)
+    for path in RESULTS
+    for index, result in enumerate(json.loads(path.read_text())["results"])
+    if result.get("peak_reserved_gib")
+]
+TOLERANCE = 0.15
+
+
+@pytest.fixture(scope="module")
+def run_bench():
+    """bench/run_bench.py itself, so that each case is replayed with the arguments the bench gave it."""
+    spec = importlib.util.spec_from_file_location("run_bench", ROOT / "bench" / "run_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
+    """The launcher's arguments for `case`, as bench/run_bench.py's run_case builds them (captured, not copied)."""
+    captured = []
+
+    def record(args, **kwargs):
+        captured.append(args)
+        return subprocess.CompletedProcess(args, 1, "", "")
+
+    original = run_bench.subprocess.run
+    run_bench.subprocess.run = record
+    try:
+        run_bench.run_case(case, model, work / "data", work, work)
+    finally:
+        run_bench.subprocess.run = original
+    (args,) = captured
+    assert args[1:3] == ["-m", "llamafactory_fp8"], args
+    return args[3:]
+
+
+def profile_for(device: str) -> str:
+    """The recorded NVML profile of the GPU the run measured on."""
+    for path in sorted(PROFILES.glob("*.json")):
+        devices = json.loads(path.read_text()).get("devices", [])
+        if len(devices) == 1 and devices[0]["name"] == device and not devices[0].get("mig_mode") and not devices[0].get("ecc_uncorrected"):
+            return path.stem
+    raise AssertionError(f"no recorded NVML profile for {device}: record one with scripts/record_nvml_profile.py")
+
+
+def test_every_result_with_a_peak_is_checked():
+    assert len(MEASURED) >= 20  # the results committed when this test was written: none may drop out unseen
+
+
+@pytest.mark.parametrize("path, index", MEASURED, ids=[f"{p.parent.name}-{i}" for p, i in MEASURED])
+def test_the_estimate_is_within_15_percent_of_each_measured_peak(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+    payload = json.loads(path.read_text())
+    result = payload["results"][index]
+    case = run_bench.Case(**{**result["case"], "extra": tuple(result["case"]["extra"])})
+    config = json.loads((BENCH_MODELS / case.shape / "config.json").read_text())
+    if case.layers:  # the depth run_bench's build_model gives the random-weight model
+        config["num_hidden_layers"] = case.layers
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    args = bench_arguments(run_bench, case, model, tmp_path)
+    if "--strategy" not in args:
+        args += ["--strategy", "ddp"]  # what the launcher of the day ran on one GPU, whether or not it fits now
+
+    nvml_profile(profile_for(payload["environment"]["device"]))
+    monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*args, "--dry-run", "--json"]) == 0
+    plan = json.loads(out.getvalue())
+    decision = plan["decision"]
+    assert decision["precision"] == case.precision
+    if case.precision == "fp8":
+        assert decision["backend"]["name"] == case.backend
+    estimate, measured = decision["memory"]["allocator_gib"], result["peak_reserved_gib"]
+    assert abs(estimate / measured - 1) <= TOLERANCE, f"{case}: estimated {estimate:.1f} GiB, measured {measured} GiB"
+
+
+@pytest.fixture
+def estimate(tmp_path):
+    """The memory model alone, for a training YAML's keys (full fine-tuning of the 8B unless they say otherwise)."""
+
+    def made(keys, strategy="ddp", world=1, model="llama-3.1-8b"):
+        path = tmp_path / "train.yaml"
+        path.write_text(json.dumps({"model_name_or_path": "m", "output_dir": "o", "finetuning_type": "full", **keys}))
+        training = load_training_config(path, [])
+        facts = read_model_facts(str(model_dir(model)))
+        return memory.estimate(facts, training, None, STRATEGIES[strategy], world, min(world, 8))
+
+    return made
+
+
+def test_each_input_moves_the_estimate_the_way_it_should(estimate):
+    base = estimate({"per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
+    assert estimate({"per_device_train_batch_size": 8, "disable_gradient_checkpointing": True}).total_gib > base
+    assert estimate({"per_device_train_batch_size": 4}).total_gib < base, "gradient checkpointing saves memory"
+    assert estimate({"per_device_train_batch_size": 4, "disable_gradient_checkpointing": True, "optim": "adamw_8bit"}).total_gib < base
+    lora = estimate({"finetuning_type": "lora", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
+    qlora = estimate({"finetuning_type": "lora", "quantization_bit": 4, "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
+    freeze = estimate({"finetuning_type": "freeze", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
+    assert qlora < lora < base and freeze < base
+    sharded = [estimate({"per_device_train_batch_size": 4}, strategy=s, world=8).total_gib for s in ("ddp", "deepspeed-zero2", "fsdp2")]
+    assert sharded == sorted(sharded, reverse=True), "each strategy splits more than the one before"
+    offload = estimate({"per_device_train_batch_size": 4}, strategy="fsdp2-offload", world=8)
+    assert offload.total_gib < sharded[-1] and offload.host_gib > 100, "offload moves the training state to the CPU"
+    bigger_rank = estimate({"finetuning_type": "lora", "lora_rank": 256}).total_gib
+    assert bigger_rank > estimate({"finetuning_type": "lora", "lora_rank": 8}).total_gib
