@@ -11,10 +11,7 @@ import pytest
 import yaml
 
 from llamafactory_fp8 import errors
-from llamafactory_fp8.gpus import read_gpus
-from llamafactory_fp8.model_facts import read_model_facts
-from llamafactory_fp8.policy import Request, TrainingFacts, decide
-from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
 from .conftest import BENCH_MODELS, ROOT
 
@@ -95,15 +92,11 @@ def documents(rendered, kind: str) -> list[dict]:
     return [doc for path in rendered.values() for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == kind]
 
 
-def test_job_gpu_limit_equals_the_launchers_process_count(nvml_profile, rendered):
-    nvml_profile("h100-sxm-x8")
-    decision = decide(
-        read_gpus({}), read_model_facts(str(BENCH_MODELS / "llama-3.1-8b")), TrainingFacts(finetuning_type="full"),
-        Request(), frozenset({"torchao"}),
-    )  # fmt: skip
+def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
+    plan = planner("h100-sxm-x8", {"model_name_or_path": str(BENCH_MODELS / "llama-3.1-8b"), "finetuning_type": "full"})
     for job in documents(rendered, "Job"):
         (container,) = job["spec"]["template"]["spec"]["containers"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == decision.num_processes
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == plan.decision.processes_per_node
 
 
 def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered):

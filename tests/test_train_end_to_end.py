@@ -79,3 +79,10 @@ def test_dry_run_json_emits_the_plan_the_block_prints(tmp_path):
     assert plan["decision"]["device"] == "cpu" and plan["accelerate"]["values"]["use_cpu"] is True
     assert f"cd {plan['workdir']} && " in block and " ".join(plan["command"][-3:]) in block
     assert not output_dir.exists()
+
+
+def test_overrides_without_a_config_apply_to_the_demo(tmp_path):
+    """`docker run IMAGE --bf16 max_steps=10`: the image's entrypoint has no config to name."""
+    result = run_cli("--bf16", "--allow-cpu", "max_steps=7", f"output_dir={tmp_path / 'out'}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "configs/examples/demo.yaml" in result.stdout and "max_steps=7" in result.stdout

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if leftovers:
         args.overrides += leftovers  # key=value given after an option: argparse leaves those over
+    if "overrides" in args and args.config is not None and "=" in args.config.name and not args.config.exists():
+        args.overrides.insert(0, str(args.config))  # `docker run IMAGE --bf16 max_steps=10`: the demo, overridden
+        args.config = None
     request = Request(
         config=args.config,
         overrides=tuple(getattr(args, "overrides", ())),
