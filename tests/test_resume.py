@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from llamafactory_fp8.records import read_record, write_record
 from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, record_path
@@ -11,12 +13,19 @@ from llamafactory_fp8.topology import Topology
 
 
 def checkpoint(output_dir, step, complete=True):
+    """What Transformers leaves: weights, optimizer state, and trainer_state.json last."""
     folder = output_dir / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"weights")
+    save_file({"weight": torch.arange(1000, dtype=torch.float32)}, folder / "model.safetensors")
+    torch.save({"state": {0: torch.ones(100)}}, folder / "optimizer.pt")
     if complete:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return folder
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
 
 
 @pytest.mark.parametrize(
@@ -50,9 +59,24 @@ def test_a_run_left_only_cut_short_checkpoints_starts_over_and_says_why(tmp_path
     checkpoint(tmp_path, 20, complete=False)
     resume = plan_resume(tmp_path, RunRecord("running"), None)
     assert resume.why == (
-        "the last run in this output_dir ended without a word (killed, or its node lost) and left no complete "
-        "checkpoint (checkpoint-20): starting over"
+        "the last run in this output_dir ended without a word (killed, or its node lost) and left no usable "
+        "checkpoint (checkpoint-20: cut short, no complete trainer_state.json): starting over"
     )
+
+
+@pytest.mark.parametrize(
+    "damaged, reason",
+    [
+        ("model.safetensors", "model.safetensors truncated (2,"),
+        ("optimizer.pt", "optimizer.pt truncated or damaged (not a complete torch archive)"),
+    ],
+)
+def test_a_checkpoint_with_a_truncated_file_is_passed_over_for_the_one_before(tmp_path, damaged, reason):
+    checkpoint(tmp_path, 20)
+    truncate(checkpoint(tmp_path, 40) / damaged)
+    resume = plan_resume(tmp_path, RunRecord("failed", 74), None)
+    assert resume.checkpoint.name == "checkpoint-20"
+    assert f"; passed over checkpoint-40: {reason}" in resume.why
 
 
 def test_the_record_round_trips_and_names_each_node(tmp_path):

@@ -4,6 +4,8 @@ the outcomes of a run. The README's exit-code table and the Kubernetes Jobs' pod
 FINISHED_EXIT_CODE = 0
 TRAINING_FAILED_EXIT_CODE = 1  # the trainer's own error is above the launcher's last line
 USAGE_EXIT_CODE = 64  # EX_USAGE (sysexits.h): unknown flag or value
+NODE_LOST_EXIT_CODE = 69  # EX_UNAVAILABLE (sysexits.h): another node of the job stopped answering
+DISK_FULL_EXIT_CODE = 74  # EX_IOERR (sysexits.h): the output disk filled up, during a checkpoint save most likely
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped on request, nothing lost; run the same command again
 
 
@@ -80,12 +82,15 @@ class DoesNotFit(LaunchError):
 
 
 def documented_exit_codes() -> dict[int, str]:
-    """Every code the launcher can return, with its meaning; 128+N (a second signal) comes on top."""
+    """Every code the launcher can return, with its meaning; 128+N (a second signal, or the trainer killed by signal N)
+    comes on top."""
     refusals = {error.exit_code: error.meaning for error in LaunchError.__subclasses__()}
     return {
         FINISHED_EXIT_CODE: "training finished",
         TRAINING_FAILED_EXIT_CODE: "training failed: the trainer's own error is above the launcher's last line",
         **refusals,
         USAGE_EXIT_CODE: "usage error (unknown flag or value)",
+        NODE_LOST_EXIT_CODE: "another node of the job was lost (killed, or stopped answering for `ddp_timeout`): run every node's command again to resume",
+        DISK_FULL_EXIT_CODE: "the disk under output_dir is full: free space, then run the same command again to resume from the last complete checkpoint",
         STOPPED_EXIT_CODE: "stopped on request (SIGTERM, SIGINT or SIGHUP), after saving a checkpoint or before the first step",
     }

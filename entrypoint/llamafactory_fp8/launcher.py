@@ -4,6 +4,8 @@ stop request, the outcome recorded for the next run and for the healthcheck, the
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .accelerate_config import write_accelerate_config
-from .errors import STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .progress import PROGRESS_DIR_ENV, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
 from .run_info import RunState, write_state
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from .plan import LaunchPlan
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOW_DISK_BYTES = 16 * 2**20  # less free than this under output_dir after a failure: the disk filled up
 
 
 def build_command(accelerate_config: Path, training_config: Path, arguments: dict[str, str]) -> list[str]:
@@ -50,11 +54,11 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def child_environment(topology: Topology, device: str) -> dict[str, str]:
-    """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` and the
-    healthcheck as they happen, not when a buffer fills. On the CPU, `accelerate launch` starts one process per
-    node and expects MPI to name its rank, so the launcher does."""
-    env = {"PYTHONUNBUFFERED": "1"}
+def child_environment(topology: Topology, device: str, ranks: Path) -> dict[str, str]:
+    """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` as they happen,
+    not when a buffer fills; each rank reports its progress into `ranks`. On the CPU, `accelerate launch` starts
+    one process per node and expects MPI to name its rank, so the launcher does."""
+    env = {"PYTHONUNBUFFERED": "1", PROGRESS_DIR_ENV: str(ranks)}
     if device == "cpu" and topology.num_machines > 1:
         env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
     return env
@@ -71,6 +75,9 @@ def launch(plan: LaunchPlan) -> int:
         build_demo_model(plan.demo_model, plan.workdir / plan.training.dataset_dir)
     stop_files = StopFiles.in_dir(plan.state_file.parent)
     stop_files.clear()
+    ranks = Path(plan.environment[PROGRESS_DIR_ENV])
+    for left in ranks.glob("rank*.json"):
+        left.unlink()  # an earlier run's ranks must not speak for this one
     state = RunState(0, str(plan.output_dir.resolve()), plan.decision.device, time.time())
 
     def started(pid: int) -> None:
@@ -84,16 +91,54 @@ def launch(plan: LaunchPlan) -> int:
     if answer is not None and exit_code == 0:
         exit_code = STOPPED_EXIT_CODE
         print(f"llamafactory-fp8: {describe_stop(answer)}", file=sys.stderr, flush=True)
-    elif exit_code == TRAINING_FAILED_EXIT_CODE:
-        print(
-            "llamafactory-fp8: training failed (exit 1); the trainer's error is above. A trainer killed outright, "
-            "by the out-of-memory killer for one, leaves none: look at the kernel log",
-            file=sys.stderr,
-            flush=True,
-        )
+    elif exit_code != 0 and not (stop_files.asked() and exit_code > 128):  # not a second signal's doing
+        exit_code, words = explain_failure(read_all(ranks), plan.output_dir, plan.topology)
+        print(f"llamafactory-fp8: {words} (exit {exit_code})", file=sys.stderr, flush=True)
     write_record(outcome(exit_code), plan.run_record)
     write_state(replace(state, exit_code=exit_code), plan.state_file)
     return exit_code
+
+
+def explain_failure(ranks: list[RankProgress], output_dir: Path, topology: Topology) -> tuple[int, str]:
+    """One line and its exit code for a trainer that failed, from how its ranks said they ended: killed outright
+    (no traceback of its own), a full disk, a lost node, or its own error, which is above in the log."""
+    ended = {record.rank: record for record in ranks if record.ended}
+    killed = [record for record in ended.values() if record.ended.startswith("killed by ")]
+    if killed:
+        record = min(killed, key=lambda record: record.ended != "killed by SIGKILL")  # the cause, not the cleanup
+        name = record.ended.removeprefix("killed by ")
+        return 128 + signal.Signals[name], (
+            f"the trainer (rank {record.rank}) was killed by {name} at step {record.step}, with no error of its own; "
+            "the out-of-memory killer sends SIGKILL: see the kernel log (dmesg). Run the same command again to "
+            "resume from the last complete checkpoint"
+        )
+    free = shutil.disk_usage(next(parent for parent in (output_dir, *output_dir.parents) if parent.exists())).free
+    full = [record for record in ended.values() if record.ended.startswith("disk full")]
+    if full or free < LOW_DISK_BYTES:
+        saving = next((record.detail for record in ranks if record.phase in ("saving", "stopping")), "")
+        return DISK_FULL_EXIT_CODE, (
+            f"training failed: the disk under {output_dir} is full ({free / 2**20:.0f} MiB free)"
+            + (f" while saving {saving}" if saving else "")
+            + "; a checkpoint it cut short is passed over: free space, then run the same command again to resume"
+        )
+    lost = [record for record in ended.values() if record.ended.startswith("lost peer: ")]
+    if lost:
+        message = lost[0].ended.removeprefix("lost peer: ")
+        return NODE_LOST_EXIT_CODE, (
+            f"training failed at step {lost[0].step}: {lost_node(topology, message)} was lost ({message[:200]}); "
+            "run every node's command again to resume"
+        )
+    return TRAINING_FAILED_EXIT_CODE, "training failed; the trainer's own error is above"
+
+
+def lost_node(topology: Topology, message: str) -> str:
+    """Which node stopped answering, as far as this node can tell: the other one of two, node 0 by its address."""
+    if topology.num_machines == 2:
+        return f"node {1 - topology.machine_rank}"
+    address = re.search(r"\[([^\]]+)\]:\d+", message)
+    if address and address[1] == topology.main_process_ip:
+        return f"node 0 ({address[1]})"
+    return f"the node at {address[1]}" if address else "another node"
 
 
 def describe_stop(answer: StopAnswer) -> str:

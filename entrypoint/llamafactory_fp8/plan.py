@@ -20,7 +20,7 @@ from .launcher import build_command, child_environment, format_value
 from .model_facts import ModelLookup
 from .policy import Decision, decide
 from .resume import Resume
-from .run_info import state_path
+from .run_info import ranks_dir, state_path
 from .topology import Topology
 from .training_config import TrainingConfig
 
@@ -83,6 +83,7 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         accelerate.path, inspection.resolve(inspection.training.path), {k.name: k.argument for k in keys if k.argument is not None}
     )
     demo_missing = inspection.uses_demo and inspection.model.facts is None
+    state_file = state_path(environ)
     return LaunchPlan(
         version=__version__,
         training=inspection.training,
@@ -94,11 +95,11 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         training_keys=keys,
         accelerate=accelerate,
         command=tuple(command),
-        environment=child_environment(inspection.topology, decision.device),
+        environment=child_environment(inspection.topology, decision.device, ranks_dir(state_file)),
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
         run_record=inspection.run_record,
-        state_file=state_path(environ),
+        state_file=state_file,
         demo_model=inspection.resolve(inspection.training.model) if demo_missing else None,
         installed_strategies=inspection.installed_strategies,
     )

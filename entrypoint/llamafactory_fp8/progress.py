@@ -36,7 +36,7 @@ PHASES = {
         Phase("training", "training", "step"),
         Phase("evaluating", "evaluating", "step"),
         Phase("saving", "saving", "save"),
-        Phase("stopping", "saving and stopping on request", "save"),
+        Phase("stopping", "stopping on request, saving", "save"),
         Phase("finished", "finished", "none"),
     )
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -58,19 +60,41 @@ def checkpoints(output_dir: Path) -> dict[int, Path]:
     return found
 
 
-def is_complete(checkpoint: Path) -> bool:
-    """Transformers writes trainer_state.json after the weights, optimizer and RNG states: a checkpoint without a
-    readable one was cut short (a kill mid-save), and resuming from it fails."""
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why resuming from `checkpoint` would fail, or None. Transformers writes trainer_state.json last, so a
+    checkpoint without a readable one was cut short (a kill mid-save); one with it can still hold a truncated or
+    damaged file (a full disk, a bad copy), found here from each file's own framing without reading it whole: a
+    safetensors file's header names its length, and torch's files are zip archives whose directory sits at the end."""
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return True
+        return "cut short, no complete trainer_state.json"
+    for path in sorted(checkpoint.rglob("*")):
+        problem = _safetensors_problem(path) if path.suffix == ".safetensors" else None
+        if path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
+            problem = "truncated or damaged (not a complete torch archive)"
+        if problem:
+            return f"{path.relative_to(checkpoint)} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as file:
+            (header_size,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(header_size)) if header_size < size else None
+    except (struct.error, ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        return "damaged (no readable header)"
+    expected = 8 + header_size + max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    return None if size == expected else f"truncated ({size:,} of {expected:,} bytes)"
 
 
 def plan_resume(output_dir: Path, record: RunRecord | None, users_checkpoint: str | None) -> Resume | None:
     """How to continue a run that did not finish here, or None: nothing to continue, or the user names their own
-    checkpoint (`resume_from_checkpoint`)."""
+    checkpoint (`resume_from_checkpoint`). Checkpoints that would fail are passed over, each named with why."""
     if users_checkpoint or record is None or record.status == "finished":
         return None
     found = checkpoints(output_dir)
@@ -81,8 +105,12 @@ def plan_resume(output_dir: Path, record: RunRecord | None, users_checkpoint: st
         "failed": f"failed (exit code {record.exit_code})",
         "running": "ended without a word (killed, or its node lost)",
     }[record.status]
-    complete = [step for step in sorted(found) if is_complete(found[step])]
-    if not complete:
-        cut = ", ".join(found[step].name for step in sorted(found))
-        return Resume(None, f"the last run in this output_dir {how} and left no complete checkpoint ({cut}): starting over")
-    return Resume(found[complete[-1]], f"the last run in this output_dir {how}")
+    passed_over = []
+    for step in sorted(found, reverse=True):
+        problem = checkpoint_problem(found[step])
+        if problem is None:
+            why = f"the last run in this output_dir {how}"
+            return Resume(found[step], why + "".join(f"; passed over {name}: {reason}" for name, reason in passed_over))
+        passed_over.append((found[step].name, problem))
+    cut = ", ".join(f"{name}: {reason}" for name, reason in reversed(passed_over))
+    return Resume(None, f"the last run in this output_dir {how} and left no usable checkpoint ({cut}): starting over")

@@ -1,5 +1,6 @@
 """What a running launcher tells the healthcheck, and the one interface the healthcheck reads it through: which
-trainer to watch and since when, when its log last moved, and whether the GPUs it runs on are still healthy."""
+trainer to watch and since when, what each of its ranks reports (progress.py), how far the cache a phase fills
+has grown, and whether the GPUs it runs on are still healthy."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 from typing import Mapping
 
 from .gpus import read_gpus
+from .progress import PHASES, Phase, RankProgress, read_all
 from .records import read_record, write_record
 
 DEFAULT_STATE_DIR = "/tmp/llamafactory-fp8"
-PROGRESS_FILES = ("trainer_log.jsonl", "trainer_state.json")  # what LLaMA-Factory and Transformers write as they train
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,33 @@ def state_path(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("LLAMAFACTORY_FP8_STATE_DIR", DEFAULT_STATE_DIR)) / "run.json"
 
 
+def ranks_dir(state_file: Path) -> Path:
+    """Where this node's ranks write their progress: beside the run's state, one folder per node (pod)."""
+    return state_file.parent / "ranks"
+
+
+def rank_progress(environ: Mapping[str, str] = os.environ) -> list[RankProgress]:
+    return read_all(ranks_dir(state_path(environ)))
+
+
+def phase(record: RankProgress) -> Phase:
+    return PHASES.get(record.phase, PHASES["starting"])
+
+
+def last_growth(folder: str | None) -> float | None:
+    """When anything under `folder` last changed (a download writing, the tokenized dataset growing)."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    newest = os.stat(folder).st_mtime
+    for root, directories, files in os.walk(folder):
+        for name in (*directories, *files):
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name), follow_symlinks=False).st_mtime)
+            except OSError:
+                continue  # gone since it was listed
+    return newest
+
+
 def write_state(state: RunState, path: Path) -> None:
     write_record(state, path)
 
@@ -35,13 +63,6 @@ def write_state(state: RunState, path: Path) -> None:
 def current_run(environ: Mapping[str, str] = os.environ) -> RunState | None:
     """The run this container's launcher started, or None when it has not started one."""
     return read_record(RunState, state_path(environ))
-
-
-def last_progress(state: RunState) -> float | None:
-    """When the trainer last wrote its log or state, as a Unix time; None before the first log line."""
-    output_dir = Path(state.output_dir)
-    times = [path.stat().st_mtime for path in (output_dir / name for name in PROGRESS_FILES) if path.exists()]
-    return max(times, default=None)
 
 
 def gpu_problem(environ: Mapping[str, str] = os.environ) -> str | None:

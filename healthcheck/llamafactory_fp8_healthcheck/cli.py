@@ -1,6 +1,6 @@
 """`llamafactory-fp8-healthcheck`: exit 0 when healthy, 1 when not, with one line saying why.
-Usable as Docker's HEALTHCHECK and as a Kubernetes exec liveness probe. It reads the run only through the
-launcher's public `llamafactory_fp8.run_info`."""
+Usable as Docker's HEALTHCHECK and as a Kubernetes exec startup and liveness probe. It reads the run only through
+the launcher's public `llamafactory_fp8.run_info`."""
 
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ def main() -> int:
     if state is None:
         print(f"unhealthy: no training run recorded at {run_info.state_path()}")
         return 1
-    problem = (
-        check_trainer_alive(state)
-        or check_progress(state, Windows.from_env(), time.time())
-        or (run_info.gpu_problem() if state.device == "cuda" else None)
-    )
+    problem, how = check_progress(state, run_info.rank_progress(), Windows.from_env(), time.time())
+    problem = check_trainer_alive(state) or problem or (run_info.gpu_problem() if state.device == "cuda" else None)
     if problem:
         print(f"unhealthy: {problem}")
         return 1
-    print("healthy: " + ("training finished" if state.exit_code == 0 else f"trainer {state.trainer_pid} making progress"))
+    print(f"healthy: {how}")
     return 0
