@@ -102,7 +102,7 @@ def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
 def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered):
     config_errors = sorted(
         cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
-    ) + [errors.USAGE_EXIT_CODE]
+    ) + [errors.USAGE_EXIT_CODE, errors.DISK_FULL_EXIT_CODE]
     for job in documents(rendered, "Job"):
         spec = job["spec"]
         rules = spec["podFailurePolicy"]["rules"]
@@ -111,7 +111,12 @@ def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered
         assert rules[2] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
         pod = spec["template"]["spec"]
         assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] >= 120
-        assert pod["containers"][0]["livenessProbe"]["exec"]["command"] == ["llamafactory-fp8-healthcheck"]
+        container = pod["containers"][0]
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == ["llamafactory-fp8-healthcheck"], probe
+        claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        cache = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/trainer/.cache/huggingface"]
+        assert cache and cache[0]["name"] in claims, "a replacement pod finds the downloaded model on the volume"
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), "/dev/shm in memory"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llamafactory_fp8.stop_request import STOPPED_EXIT_CODE
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
 from .conftest import ROOT, SUMMARY
 

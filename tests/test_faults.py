@@ -1,10 +1,14 @@
 """Faults, for real on CPU with the tiny demo model: SIGTERM mid-run (what `docker stop` and Kubernetes send), a
-second signal, the same command run again, and a stop that reaches only one of two nodes."""
+second signal, the same command run again, a stop that reaches only one of two nodes, a trainer killed outright, a
+full disk, a node lost or frozen, and a damaged checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -12,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from llamafactory_fp8.demo import build_demo_model
+from llamafactory_fp8.errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE
+from llamafactory_fp8.resume import checkpoints
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
-from .conftest import ROOT, start_demo_training, start_two_nodes
+from .conftest import ROOT, cli_env, start_demo_training, start_two_nodes
 
 STEPS = 400  # long enough that a signal sent at the first log line lands well before the end
 
@@ -126,6 +132,141 @@ def test_a_failing_trainer_exits_1_with_its_own_error_and_no_launcher_traceback(
     assert code == 1
     *_, trainer_error, summary = stderr.strip().splitlines()
     assert "Undefined dataset no_such_dataset" in trainer_error
-    assert summary.startswith("llamafactory-fp8: training failed (exit 1); the trainer's error is above.")
+    assert summary == "llamafactory-fp8: training failed; the trainer's own error is above (exit 1)"
     assert "CalledProcessError" not in stderr
     assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {"status": "failed", "exit_code": 1}
+
+
+def wait_for_checkpoint(output_dir: Path, launcher: subprocess.Popen, step: int = 20) -> None:
+    while not (output_dir / f"checkpoint-{step}" / "trainer_state.json").exists():  # demo.yaml saves every 20 steps
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.02)
+
+
+def trainer_group(state_dir: Path) -> int:
+    return json.loads((state_dir / "run.json").read_text())["trainer_pid"]
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_trainer_killed_outright_is_named_with_its_signal_and_the_rerun_resumes(tmp_path, tiny_model):
+    """What the out-of-memory killer does: SIGKILL to the training process, which leaves no error of its own."""
+    output_dir, state_dir = tmp_path / "out", tmp_path / "state"
+    launcher = start(output_dir, tiny_model, state_dir)
+    wait_for_checkpoint(output_dir, launcher)
+    os.kill(json.loads((state_dir / "ranks" / "rank0.json").read_text())["pid"], signal.SIGKILL)
+    code, _, stderr = finish(launcher)
+    assert code == 128 + signal.SIGKILL, stderr[-3000:]
+    assert re.fullmatch(
+        r"llamafactory-fp8: the trainer \(rank 0\) was killed by SIGKILL at step \d+, with no error of its own; the "
+        r"out-of-memory killer sends SIGKILL: see the kernel log \(dmesg\)\. Run the same command again to resume "
+        r"from the last complete checkpoint \(exit 137\)", last_line(stderr),
+    )  # fmt: skip
+    code, stdout, stderr = finish(start(output_dir, tiny_model, tmp_path / "state-rerun"))
+    assert code == 0, stderr[-3000:]
+    assert re.search(rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 137\)", stdout)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 3 MiB: room for one of the demo's checkpoints (about 1.8 MB) and not two."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small disk needs mounting a tmpfs, which failed here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_fails_in_one_line_and_the_rerun_resumes_once_space_is_freed(tmp_path, tiny_model, small_disk):
+    output_dir = small_disk / "out"
+    code, _, stderr = finish(start(output_dir, tiny_model, tmp_path / "state"))
+    assert code == DISK_FULL_EXIT_CODE, stderr[-3000:]
+    assert re.fullmatch(
+        rf"llamafactory-fp8: training failed: the disk under {output_dir} is full \(\d+ MiB free\) while saving "
+        r"checkpoint-40; a checkpoint it cut short is passed over: free space, then run the same command again to "
+        r"resume \(exit 74\)", last_line(stderr),
+    )  # fmt: skip
+    assert json.loads((output_dir / "checkpoint-20" / "trainer_state.json").read_text())["global_step"] == 20
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    code, stdout, stderr = finish(start(output_dir, tiny_model, tmp_path / "state-rerun"))
+    assert code == 0, stderr[-3000:]
+    assert re.search(  # the outcome could not be recorded on the full disk: the record still says running
+        rf"resume      from {output_dir}/checkpoint-20: the last run in this output_dir ended without a word .*; "
+        "passed over checkpoint-40: cut short, no complete trainer_state.json", stdout,
+    )  # fmt: skip
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == STEPS
+
+
+def kill_node(launcher: subprocess.Popen, state_dir: Path) -> None:
+    """A node lost: its launcher and everything it started, at once."""
+    launcher.kill()
+    os.killpg(trainer_group(state_dir), signal.SIGKILL)
+    launcher.wait()
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_run_fails_the_other_in_one_line_naming_it_and_both_resume(tmp_path, tiny_model):
+    output_dir = tmp_path / "out"
+    nodes = start_two_nodes(output_dir, tiny_model, tmp_path, f"max_steps={STEPS}")
+    wait_for_checkpoint(output_dir, nodes[0])
+    kill_node(nodes[1], tmp_path / "state1")
+    lost_at = time.monotonic()
+    code, _, stderr = finish(nodes[0])
+    assert code == NODE_LOST_EXIT_CODE and time.monotonic() - lost_at < 60, stderr[-3000:]
+    assert re.fullmatch(
+        r"llamafactory-fp8: training failed at step \d+: node 1 was lost \(.+\); run every node's command again to "
+        r"resume \(exit 69\)", last_line(stderr),
+    )  # fmt: skip
+
+    reruns = [finish(node) for node in start_two_nodes(output_dir, tiny_model, tmp_path, f"max_steps={STEPS}")]
+    assert [code for code, _, _ in reruns] == [0, 0], reruns[0][2][-2000:] + reruns[1][2][-2000:]
+    assert re.search(rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 69\)", reruns[0][1])
+    assert "resume      from" in reruns[1][1] and "ended without a word (killed, or its node lost)" in reruns[1][1]
+
+
+@pytest.mark.slow
+def test_a_node_that_stops_answering_makes_the_other_unhealthy_then_fail_within_ddp_timeout(tmp_path, tiny_model):
+    """A node frozen rather than gone keeps its connections open: the other waits in a collective until
+    ddp_timeout (20 s here; Transformers' default is 1800 s), and its healthcheck says so before that."""
+    output_dir = tmp_path / "out"
+    nodes = start_two_nodes(output_dir, tiny_model, tmp_path, "max_steps=100000", "save_steps=100000", "ddp_timeout=20")
+    try:
+        wait_for_training(output_dir, nodes[0])
+        os.killpg(trainer_group(tmp_path / "state1"), signal.SIGSTOP)
+        frozen = time.monotonic()
+        window = cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state0"), LLAMAFACTORY_FP8_STALL_AFTER_S="3")
+        while True:
+            health = subprocess.run([sys.executable, "-m", "llamafactory_fp8_healthcheck"], env=window, capture_output=True, text=True)
+            if health.returncode:
+                break
+            assert time.monotonic() - frozen < 15, health.stdout
+        assert "unhealthy: rank 0 stalled" in health.stdout and nodes[0].poll() is None, "unhealthy before it fails"
+        code, _, stderr = finish(nodes[0])
+        assert code == NODE_LOST_EXIT_CODE and time.monotonic() - frozen < 20 + 60, stderr[-3000:]
+        assert "node 1 was lost" in last_line(stderr)
+    finally:
+        kill_node(nodes[1], tmp_path / "state1")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_a_truncated_file_is_passed_over_and_the_one_before_resumes(tmp_path, tiny_model):
+    output_dir, state_dir = tmp_path / "out", tmp_path / "state"
+    launcher = start(output_dir, tiny_model, state_dir)
+    wait_for_checkpoint(output_dir, launcher, step=40)
+    launcher.send_signal(signal.SIGTERM)
+    assert finish(launcher)[0] == STOPPED_EXIT_CODE
+    damaged = max(checkpoints(output_dir).items())[1] / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a copy cut short
+    code, stdout, stderr = finish(start(output_dir, tiny_model, tmp_path / "state-rerun"))
+    assert code == 0, stderr[-3000:]
+    assert re.search(
+        rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir was stopped on request; "
+        rf"passed over {damaged.parent.name}: model.safetensors truncated \([\d,]+ of [\d,]+ bytes\)", stdout,
+    ), [line for line in stdout.splitlines() if "resume" in line]  # fmt: skip

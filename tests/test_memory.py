@@ -53,7 +53,7 @@ def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
     original = run_bench.subprocess.run
     run_bench.subprocess.run = record
     try:
-        run_bench.run_case(case, model, work / "data", work, work)
+        run_bench.run_case(case, model, work / "data", work, work, None)
     finally:
         run_bench.subprocess.run = original
     (args,) = captured

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .plan import LaunchPlan
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+COLLECTIVE_TIMEOUT_ENV = "LLAMAFACTORY_FP8_COLLECTIVE_TIMEOUT_S"
 LOW_DISK_BYTES = 16 * 2**20  # less free than this under output_dir after a failure: the disk filled up
 
 
@@ -54,11 +55,12 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def child_environment(topology: Topology, device: str, ranks: Path) -> dict[str, str]:
+def child_environment(topology: Topology, device: str, ranks: Path, collective_timeout_s: int) -> dict[str, str]:
     """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` as they happen,
-    not when a buffer fills; each rank reports its progress into `ranks`. On the CPU, `accelerate launch` starts
-    one process per node and expects MPI to name its rank, so the launcher does."""
-    env = {"PYTHONUNBUFFERED": "1", PROGRESS_DIR_ENV: str(ranks)}
+    not when a buffer fills; each rank reports its progress into `ranks`; a collective that waits longer than the
+    run's ddp_timeout for a lost node fails. On the CPU, `accelerate launch` starts one process per node and expects
+    MPI to name its rank, so the launcher does."""
+    env = {"PYTHONUNBUFFERED": "1", PROGRESS_DIR_ENV: str(ranks), COLLECTIVE_TIMEOUT_ENV: str(collective_timeout_s)}
     if device == "cpu" and topology.num_machines > 1:
         env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
     return env
@@ -94,7 +96,10 @@ def launch(plan: LaunchPlan) -> int:
     elif exit_code != 0 and not (stop_files.asked() and exit_code > 128):  # not a second signal's doing
         exit_code, words = explain_failure(read_all(ranks), plan.output_dir, plan.topology)
         print(f"llamafactory-fp8: {words} (exit {exit_code})", file=sys.stderr, flush=True)
-    write_record(outcome(exit_code), plan.run_record)
+    try:
+        write_record(outcome(exit_code), plan.run_record)
+    except OSError:
+        pass  # output_dir's disk is full: the record stays "running", and a rerun still resumes
     write_state(replace(state, exit_code=exit_code), plan.state_file)
     return exit_code
 

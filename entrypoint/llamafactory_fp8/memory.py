@@ -31,6 +31,9 @@ ACTIVATION_BYTES_PER_INTERMEDIATE = 6.65
 # fp32 upcast of the loss; eager, Transformers' loss materialises it.
 LOGIT_BYTES_COMPILED = 4.8
 LOGIT_BYTES_EAGER = 14.1
+# Eager with the output layer frozen (LoRA, QLoRA, freeze-tuning), its weight needs no gradient and less of the
+# logits' stays for backward: fitted to the memory points in bench/results/memory*/ (LoRA r8 and r16, QLoRA, freeze).
+LOGIT_BYTES_EAGER_FROZEN_HEAD = 11.0
 FIXED_GIB = 0.7  # allocated beyond the model's own tensors: cuBLAS workspaces, the batch, compile's buffers
 ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator reserves this much over its peak allocation
 # Outside PyTorch's allocator, so not in the benchmarks' figures: the CUDA context, and NCCL's buffers on several
@@ -189,7 +192,8 @@ def _activations(
     if training.enable_liger_kernel:
         logits = 0.0  # Liger's fused linear cross-entropy never materialises the logits
     else:
-        logits = tokens * model.vocab_size * (LOGIT_BYTES_COMPILED if compiled else LOGIT_BYTES_EAGER)
+        eager = LOGIT_BYTES_EAGER if params.output_layer else LOGIT_BYTES_EAGER_FROZEN_HEAD
+        logits = tokens * model.vocab_size * (LOGIT_BYTES_COMPILED if compiled else eager)
     return layers, logits
 
 

@@ -75,6 +75,9 @@ def plan_run(request: Request, environ: Mapping[str, str] = os.environ) -> Launc
     return make_plan(inspect_run(request, environ), environ)
 
 
+TRANSFORMERS_DDP_TIMEOUT_S = 1800  # TrainingArguments.ddp_timeout's default
+
+
 def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
     decision = decide(inspection)
     keys = final_training_keys(inspection, decision)
@@ -84,6 +87,7 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
     )
     demo_missing = inspection.uses_demo and inspection.model.facts is None
     state_file = state_path(environ)
+    collective_timeout_s = int(next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S))
     return LaunchPlan(
         version=__version__,
         training=inspection.training,
@@ -95,7 +99,7 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         training_keys=keys,
         accelerate=accelerate,
         command=tuple(command),
-        environment=child_environment(inspection.topology, decision.device, ranks_dir(state_file)),
+        environment=child_environment(inspection.topology, decision.device, ranks_dir(state_file), collective_timeout_s),
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
         run_record=inspection.run_record,

@@ -21,6 +21,38 @@ def let_accelerate_find_te_fp8() -> None:
         importlib.import_module("transformer_engine.pytorch.fp8")
 
 
+def let_torch_load_cpu_rank_tensors() -> None:
+    """Ranks on several CPU nodes keep tensors on device `cpu:0`, and torch.save tags them so, but torch.load
+    restores only `cpu`: resuming such a run failed ("don't know how to restore data location ... cpu:0")."""
+    import torch.serialization
+
+    torch.serialization.register_package(
+        11, lambda _obj: None, lambda obj, location: obj if location.startswith("cpu:") else None
+    )
+
+
+def give_collectives_their_timeout() -> None:
+    """Transformers hands ddp_timeout to the process group on GPUs but not on CPUs, where gloo then waits 30
+    minutes for a node that froze: the process group gets the run's timeout (the launcher passes it) wherever
+    the caller named none."""
+    from datetime import timedelta
+
+    import torch.distributed
+
+    from .launcher import COLLECTIVE_TIMEOUT_ENV
+
+    seconds = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
+    if not seconds:
+        return
+    original = torch.distributed.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        kwargs.setdefault("timeout", timedelta(seconds=int(seconds)))
+        return original(*args, **kwargs)
+
+    torch.distributed.init_process_group = init_process_group
+
+
 def report_llamafactory_phases(reporter: ProgressReporter) -> None:
     """Loading and preprocessing happen before the Trainer exists, so no callback sees them: LLaMA-Factory's
     workflows take these three functions from their packages when imported, so wrapping them there first reports
@@ -69,6 +101,8 @@ def run_worker() -> None:
     from .stop_request import StopFiles
 
     fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
+    let_torch_load_cpu_rank_tensors()
+    give_collectives_their_timeout()
     reporter = reporter_from_environment()
     if reporter is not None:
         report_llamafactory_phases(reporter)
