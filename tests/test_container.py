@@ -182,7 +182,7 @@ def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_traine
         wait_until(lambda: health(name) == "unhealthy", stall_after_s + 60, "the healthcheck to notice the freeze")
         assert time.monotonic() - frozen_at >= stall_after_s - 2
         last = json.loads(docker("inspect", "--format", "{{json .State.Health.Log}}", name).stdout)[-1]
-        assert last["ExitCode"] == 1 and "has not advanced" in last["Output"]
+        assert last["ExitCode"] == 1 and "rank 0 stalled" in last["Output"]
     finally:
         docker("rm", "-f", name)
 
