@@ -5,6 +5,7 @@ Imports nothing heavy: the watcher should cost the node almost nothing."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from .progress import reporter_from_environment
 
 WORKER_ENV = "LLAMAFACTORY_FP8_WORKER"
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def is_worker(environ: os._Environ | dict = os.environ) -> bool:
@@ -25,7 +27,7 @@ def watch(command: list[str]) -> int:
     reporter = reporter_from_environment()
     if reporter is not None:
         reporter.enter("starting")
-    child = subprocess.Popen(command, env={**os.environ, WORKER_ENV: "1"})
+    child = subprocess.Popen(command, env={**os.environ, WORKER_ENV: "1"}, preexec_fn=_end_with_the_watcher)
     for signum in PASSED_ON:
         signal.signal(signum, lambda received, _frame: child.send_signal(received))
     code = child.wait()
@@ -34,6 +36,15 @@ def watch(command: list[str]) -> int:
             reporter.end(f"killed by {signal.Signals(-code).name}")
         return 128 - code
     return code
+
+
+def _end_with_the_watcher() -> None:
+    """Linux's parent-death signal: a watcher killed outright (torchrun's SIGKILL after its grace) must not leave
+    its trainer running, and holding the GPU, behind it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (AttributeError, OSError):
+        pass  # not Linux: the process group that torchrun and the launcher signal still reaches both
 
 
 def main() -> None:
