@@ -100,7 +100,7 @@ def test_inspect_says_there_is_no_gpu(image):
     result = docker("run", "--rm", "--network", "none", image, "inspect")
     assert result.returncode == 0, result.stderr
     assert re.search(r"^GPUs:\n  none \(NVML", result.stdout, re.M), result.stdout
-    assert "train would refuse: no GPU visible" in result.stdout
+    assert "train would refuse (exit 3): no GPU visible" in result.stdout
 
 
 def test_training_without_a_gpu_is_refused_in_one_line(image):
