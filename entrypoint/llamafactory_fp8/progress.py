@@ -37,7 +37,6 @@ PHASES = {
         Phase("evaluating", "evaluating", "step"),
         Phase("saving", "saving", "save"),
         Phase("stopping", "stopping on request, saving", "save"),
-        Phase("finished", "finished", "none"),
     )
 }
 

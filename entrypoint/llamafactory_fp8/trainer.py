@@ -76,6 +76,10 @@ def report_llamafactory_phases(reporter: ProgressReporter) -> None:
     reporting(llamafactory.data, "get_dataset", "preprocessing", str(datasets.config.HF_DATASETS_CACHE))
 
 
+# How gloo and NCCL word a peer that died (its connection drops) or froze (the collective times out)
+LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "collective operation timeout")
+
+
 def describe_failure(error: BaseException) -> str:
     """One line for the launcher: a full disk and a lost peer are named as such (their errors come from deep in
     safetensors, torch or the collective library, worded their own ways)."""
@@ -87,7 +91,7 @@ def describe_failure(error: BaseException) -> str:
     if any(getattr(link, "errno", None) == errno.ENOSPC for link in chain) or "No space left on device" in words:
         return f"disk full: {next((link.filename for link in chain if getattr(link, 'filename', None)), '')}".rstrip(": ")
     first = (str(error).strip().splitlines() or [""])[0][:300]
-    if any(sign in words for sign in ("Connection closed by peer", "Connection reset by peer", "NCCL", "Timed out")):
+    if any(sign in words for sign in LOST_PEER_SIGNS):
         return f"lost peer: {first}"
     return f"failed: {type(error).__name__}: {first}"
 
