@@ -18,21 +18,21 @@ PROGRESS_DIR_ENV = "LLAMAFACTORY_FP8_PROGRESS_DIR"
 
 @dataclass(frozen=True)
 class Phase:
-    """What a process may be doing, which window the healthcheck allows it (`startup`: until the first step,
-    `step`: a few steps, `save`: a checkpoint's write) and which cache's growth also counts as moving."""
+    """What a process may be doing, and which window the healthcheck allows it (`startup`: until the first step,
+    `step`: a few steps, `save`: a checkpoint's write). The folder whose growth also counts as moving comes with the
+    record (`RankProgress.watch`), from where the phase is entered."""
 
     name: str
     words: str
     window: str
-    watches: str | None = None
 
 
 PHASES = {
     phase.name: phase
     for phase in (
         Phase("starting", "starting", "startup"),
-        Phase("loading", "loading the model", "startup", watches="hub"),
-        Phase("preprocessing", "preprocessing the dataset", "startup", watches="datasets"),
+        Phase("loading", "loading the model", "startup"),
+        Phase("preprocessing", "preprocessing the dataset", "startup"),
         Phase("training", "training", "step"),
         Phase("evaluating", "evaluating", "step"),
         Phase("saving", "saving", "save"),
