@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .accelerate_config import write_accelerate_config
 from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
-from .progress import PROGRESS_DIR_ENV, RankProgress, read_all
+from .progress import DISK_FULL, KILLED_BY, LOST_PEER, PROGRESS_DIR_ENV, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
 from .run_info import RunState, write_state
@@ -108,17 +108,17 @@ def explain_failure(ranks: list[RankProgress], output_dir: Path, topology: Topol
     """One line and its exit code for a trainer that failed, from how its ranks said they ended: killed outright
     (no traceback of its own), a full disk, a lost node, or its own error, which is above in the log."""
     ended = {record.rank: record for record in ranks if record.ended}
-    killed = [record for record in ended.values() if record.ended.startswith("killed by ")]
+    killed = [record for record in ended.values() if record.ended.startswith(KILLED_BY)]
     if killed:
-        record = min(killed, key=lambda record: record.ended != "killed by SIGKILL")  # the cause, not the cleanup
-        name = record.ended.removeprefix("killed by ")
+        record = min(killed, key=lambda record: record.ended != KILLED_BY + "SIGKILL")  # the cause, not the cleanup
+        name = record.ended.removeprefix(KILLED_BY)
         return 128 + signal.Signals[name], (
             f"the trainer (rank {record.rank}) was killed by {name} at step {record.step}, with no error of its own; "
             "the out-of-memory killer sends SIGKILL: see the kernel log (dmesg). Run the same command again to "
             "resume from the last complete checkpoint"
         )
     free = shutil.disk_usage(next(parent for parent in (output_dir, *output_dir.parents) if parent.exists())).free
-    full = [record for record in ended.values() if record.ended.startswith("disk full")]
+    full = [record for record in ended.values() if record.ended.startswith(DISK_FULL)]
     if full or free < LOW_DISK_BYTES:
         saving = next((record.detail for record in ranks if record.phase in ("saving", "stopping")), "")
         return DISK_FULL_EXIT_CODE, (
@@ -126,9 +126,9 @@ def explain_failure(ranks: list[RankProgress], output_dir: Path, topology: Topol
             + (f" while saving {saving}" if saving else "")
             + "; a checkpoint it cut short is passed over: free space, then run the same command again to resume"
         )
-    lost = [record for record in ended.values() if record.ended.startswith("lost peer: ")]
+    lost = [record for record in ended.values() if record.ended.startswith(LOST_PEER)]
     if lost:
-        message = lost[0].ended.removeprefix("lost peer: ")
+        message = lost[0].ended.removeprefix(LOST_PEER)
         return NODE_LOST_EXIT_CODE, (
             f"training failed at step {lost[0].step}: {lost_node(topology, message)} was lost ({message[:200]}); "
             "run every node's command again to resume"

@@ -15,6 +15,11 @@ from .records import read_record, write_record
 
 PROGRESS_DIR_ENV = "LLAMAFACTORY_FP8_PROGRESS_DIR"
 
+# How a process ended (`RankProgress.ended`): written by the trainer and its watcher, read by the launcher and the
+# healthcheck. The first two are the whole text; the others begin it, followed by the detail.
+FINISHED, STOPPED = "finished", "stopped"
+KILLED_BY, DISK_FULL, LOST_PEER, FAILED = "killed by ", "disk full: ", "lost peer: ", "failed: "
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -54,7 +59,7 @@ class RankProgress:
     step_seconds: float | None = None  # the recent mean time of a step
     detail: str = ""  # what the phase works on: checkpoint-800
     watch: str | None = None  # a folder whose growth is progress in this phase
-    ended: str | None = None  # how the process ended: finished, stopped, failed: ..., disk full: ..., killed by ...
+    ended: str | None = None  # how the process ended: FINISHED, STOPPED, or one of the prefixes above
 
 
 def progress_dir(environ: os._Environ | dict = os.environ) -> Path | None:

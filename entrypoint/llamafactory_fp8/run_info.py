@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .gpus import read_gpus
-from .progress import PHASES, Phase, RankProgress, read_all
+from .progress import FINISHED, PHASES, STOPPED, Phase, RankProgress, read_all
 from .records import read_record, write_record
 
 DEFAULT_STATE_DIR = "/tmp/llamafactory-fp8"
@@ -36,6 +36,10 @@ def ranks_dir(state_file: Path) -> Path:
 
 def rank_progress(environ: Mapping[str, str] = os.environ) -> list[RankProgress]:
     return read_all(ranks_dir(state_path(environ)))
+
+
+def ended_well(record: RankProgress) -> bool:
+    return record.ended in (FINISHED, STOPPED)
 
 
 def phase(record: RankProgress) -> Phase:

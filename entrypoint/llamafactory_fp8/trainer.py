@@ -10,7 +10,7 @@ import importlib
 import os
 
 from . import watcher
-from .progress import ProgressReporter, reporter_from_environment
+from .progress import DISK_FULL, FAILED, FINISHED, LOST_PEER, STOPPED, ProgressReporter, reporter_from_environment
 
 
 def let_accelerate_find_te_fp8() -> None:
@@ -89,11 +89,11 @@ def describe_failure(error: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     words = " ".join(str(link) for link in chain)
     if any(getattr(link, "errno", None) == errno.ENOSPC for link in chain) or "No space left on device" in words:
-        return f"disk full: {next((link.filename for link in chain if getattr(link, 'filename', None)), '')}".rstrip(": ")
+        return DISK_FULL + next((str(link.filename) for link in chain if getattr(link, "filename", None)), "")
     first = (str(error).strip().splitlines() or [""])[0][:300]
     if any(sign in words for sign in LOST_PEER_SIGNS):
-        return f"lost peer: {first}"
-    return f"failed: {type(error).__name__}: {first}"
+        return LOST_PEER + first
+    return f"{FAILED}{type(error).__name__}: {first}"
 
 
 def run_worker() -> None:
@@ -119,14 +119,14 @@ def run_worker() -> None:
         run_exp(callbacks=callbacks + profiler_from_environment() or None)
     except SystemExit as leaving:
         if reporter is not None:
-            reporter.end("stopped" if leaving.code in (0, None) else f"failed: exit {leaving.code}")
+            reporter.end(STOPPED if leaving.code in (0, None) else f"{FAILED}exit {leaving.code}")
         raise
     except BaseException as error:
         if reporter is not None:
             reporter.end(describe_failure(error))
         raise
     if reporter is not None:
-        reporter.end("finished")
+        reporter.end(FINISHED)
 
 
 def main() -> None:

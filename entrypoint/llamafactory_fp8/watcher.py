@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from .progress import reporter_from_environment
+from .progress import KILLED_BY, reporter_from_environment
 
 WORKER_ENV = "LLAMAFACTORY_FP8_WORKER"
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -33,7 +33,7 @@ def watch(command: list[str]) -> int:
     code = child.wait()
     if code < 0:
         if reporter is not None:
-            reporter.end(f"killed by {signal.Signals(-code).name}")
+            reporter.end(KILLED_BY + signal.Signals(-code).name)
         return 128 - code
     return code
 

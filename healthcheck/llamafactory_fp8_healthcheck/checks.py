@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from llamafactory_fp8.run_info import RankProgress, RunState, last_growth, phase
+from llamafactory_fp8.run_info import RankProgress, RunState, ended_well, last_growth, phase
 
 STEPS_IN_WINDOW = 5  # training may stand still this many of its own steps before it counts as stalled
 
@@ -57,7 +57,7 @@ def judge(record: RankProgress, windows: Windows, now: float) -> Verdict:
     """One rank, by its phase's window."""
     kind = phase(record).window
     if record.ended is not None:
-        good = record.ended in ("finished", "stopped")
+        good = ended_well(record)
         return Verdict(0.0 if good else 2.0, f"rank {record.rank} {record.ended}", good)
     if kind == "save":
         held = now - record.phase_started_at
