@@ -6,25 +6,21 @@
                     the repository included), largest first, each into the first part with room
 """
 
-import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docker"))
+from install import LOCK, canonical, read_lock  # noqa: E402  (the image's own reader of the lock)
+
 PART_BYTES = 60e6
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def differing(freeze: str) -> None:
     there = dict(line.strip().split("==", 1) for line in Path(freeze).read_text().splitlines() if "==" in line)
     there = {canonical(name): version for name, version in there.items()}
-    section = Path("docker/requirements.lock").read_text().split("# [image]")[1].split("# [")[0]
-    for block in re.split(r"\n(?=[a-z0-9])", section.strip()):
-        name, version = re.match(r"([a-z0-9.-]+)==(\S+)", block).groups()
+    for name, (version, requirement) in read_lock(LOCK, ["image"]).items():
         if there.get(name) != version:
-            print(block)
+            print(requirement)
 
 
 def split(folder: str) -> None:
