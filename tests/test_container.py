@@ -28,6 +28,17 @@ GUARDED = ("torch", "transformer-engine", "flash-attn", "torchao")  # the base's
 pytestmark = pytest.mark.container
 
 
+def _load_install():
+    """docker/install.py, the image's installer: its reader of the lock and its names."""
+    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INSTALL = _load_install()
+
+
 def docker(*args: str, timeout: float = 300, check: bool = False, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check, env={**os.environ, **env}
@@ -213,14 +224,11 @@ def distributions(image_name: str) -> dict[str, str]:
         "run", "--rm", "--network", "none", "--entrypoint", "python3", image_name, "-c",
         "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
     )  # fmt: skip
-    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in json.loads(listing.stdout).items()}
+    return {INSTALL.canonical(name): version for name, version in json.loads(listing.stdout).items()}
 
 
 def test_the_images_packages_are_the_lock_and_the_bases_own(image):
-    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
-    install = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(install)
-    locked = install.read_lock(install.LOCK, ["image"])
+    locked = INSTALL.read_lock(INSTALL.LOCK, ["image"])
     in_image, in_base = distributions(image), distributions(STANDIN)
     record = json.loads(docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
                                "/opt/llamafactory-fp8/installed.json").stdout)  # fmt: skip
