@@ -1,8 +1,9 @@
 """Write docker/requirements.lock: every Python package the image and CI add, pinned, with hashes.
 
 Run through `scripts/lock`, which hands it a bare throwaway venv to resolve for. CI's torch goes into that venv
-first, as an NGC base holds its own: pip's resolver then reports what must be added on top of a torch that stays. Each pin carries the sha256 of every
-file PyPI has for that version, so the one lock serves CI's Python and the base's (3.12 on NGC).
+first, as an NGC base holds its own: pip's resolver then reports what must be added on top of a torch that stays.
+Each pin carries the sha256 of every file PyPI has for that version, so the one lock serves CI's Python and the
+base's (3.12 on NGC).
 
 Sections, read by docker/install.py:
   image  what docker/Dockerfile adds to its base: docker/requirements*.in and this package's dependencies
