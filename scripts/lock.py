@@ -27,26 +27,25 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "docker" / "requirements.lock"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-TARGET: list[str] = []  # pip's --python: the venv resolved for, apart from the one running this script
 
 
 def main(target_python: str, torch_spec: str) -> None:
-    global TARGET
-    TARGET = ["--python", target_python]
+    """`target_python`: the venv resolved for, apart from the one running this script (pip's --python)."""
+    pip = [sys.executable, "-m", "pip", "--python", target_python]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    base = resolve([torch_spec], ignore_installed=True)
-    install(base)  # the stand-in for the base's torch: kept by every resolution below
-    image = resolve(["-r", str(ROOT / "docker" / "requirements.in"), *project["dependencies"]])
+    base = resolve(pip, [torch_spec], ignore_installed=True)
+    install(pip, base)  # the stand-in for the base's torch: kept by every resolution below
+    image = resolve(pip, ["-r", str(ROOT / "docker" / "requirements.in"), *project["dependencies"]])
     image |= pins_of(ROOT / "docker" / "requirements-nodeps.in")
-    ci = resolve(project["optional-dependencies"]["test"], constraints=image)
+    ci = resolve(pip, project["optional-dependencies"]["test"], constraints=image)
     ci |= {name: pin for name, pin in base.items() if name not in image}
     LOCK.write_text(render(torch_spec, {"image": image, "ci": {n: p for n, p in ci.items() if n not in image}}))
     print(f"wrote {LOCK.relative_to(ROOT)}: {len(image)} image and {len(ci)} CI packages")
 
 
-def resolve(requirements: list[str], ignore_installed: bool = False, constraints: dict | None = None) -> dict:
-    """What pip would install for `requirements` into this venv: {name: (version, url, sha256 or None)}."""
-    command = [sys.executable, "-m", "pip", *TARGET, "install", "--dry-run", "--quiet", "--no-build-isolation", "--report", "-"]
+def resolve(pip: list[str], requirements: list[str], ignore_installed: bool = False, constraints: dict | None = None) -> dict:
+    """What pip would install for `requirements` into the target venv: {name: (version, url, sha256 or None)}."""
+    command = [*pip, "install", "--dry-run", "--quiet", "--no-build-isolation", "--report", "-"]
     if ignore_installed:
         command.append("--ignore-installed")
     if constraints:
@@ -65,9 +64,9 @@ def resolve(requirements: list[str], ignore_installed: bool = False, constraints
     }
 
 
-def install(pins: dict) -> None:
+def install(pip: list[str], pins: dict) -> None:
     urls = [url for _, url, _ in pins.values()]
-    subprocess.run([sys.executable, "-m", "pip", *TARGET, "install", "--quiet", "--no-deps", *urls], check=True)
+    subprocess.run([*pip, "install", "--quiet", "--no-deps", *urls], check=True)
 
 
 def pins_of(path: Path) -> dict:
