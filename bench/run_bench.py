@@ -134,15 +134,32 @@ def full_depth_8b():
     return [compiled[0], replace(compiled[1], expected_s=240), defaults]
 
 
-LORA_8B = dict(shape="llama-3.1-8b", layers=None, finetuning="lora", batch=2, extra=(*LORA_ALL, "lora_rank=16"))
+def full_depth_200(shape: str):
+    """Compiled BF16 against the product's FP8 at full depth for 200 steps on real text: the speed pair again and
+    the loss at step 200. The first run of a shape is profiled (2 steps after the timed ones)."""
+    options = dict(FULL_8B, shape=shape, steps=200, profile_steps=0 if shape == "llama-3.1-8b" else 2)
+    return [Case(**options, precision="bf16", compile=True, expected_s=200),
+            Case(**options, precision="fp8", compile=True, expected_s=330)]  # fmt: skip
+
+
+def full_depth_recipes():
+    """torchao's other scalings at the 8B's full depth, beside compiled BF16 and the default tensorwise."""
+    return [Case(**FULL_8B, precision="bf16", compile=True, expected_s=150)] + [
+        Case(**FULL_8B, precision="fp8", compile=True, recipe=recipe, expected_s=240) for recipe in ("rowwise", "tensorwise-pow2")
+    ]
+
+
+# LoRA r16 on every linear layer of the 8B at full depth. Four sequences of 2048 fit on an H200 without gradient
+# checkpointing on both sides (the memory model's estimate: ~77 GiB).
+LORA_8B = dict(shape="llama-3.1-8b", layers=None, finetuning="lora", batch=4, extra=(*LORA_ALL, "lora_rank=16"))
 
 
 def lora_8b(grad_ckpt: bool):
-    """BF16 against FP8 on the frozen base layers only (lora-base) and, with checkpointing, against the product's
-    default (every linear layer but the last, adapters included). Profiled, to count the GEMMs per step."""
+    """BF16 against the product's default FP8 (every linear layer but the first and last, adapters included) and
+    FP8 on the frozen base layers only (lora-base). Profiled, to count the GEMMs per step."""
     options = dict(LORA_8B, steps=30, profile_steps=2, grad_ckpt=grad_ckpt, expected_s=150)
-    cases = [Case(**options, precision="bf16", compile=True), Case(**options, precision="fp8", compile=True, recipe="lora-base")]
-    return cases + ([Case(**options, precision="fp8", compile=True)] if grad_ckpt else [])
+    return [Case(**options, precision="bf16", compile=True), Case(**options, precision="fp8", compile=True),
+            Case(**options, precision="fp8", compile=True, recipe="lora-base")]  # fmt: skip
 
 
 def memory_points():
@@ -176,8 +193,11 @@ PLANS = {
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
     "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
     "full-depth": full_depth_8b(),
-    "lora-depth": lora_8b(grad_ckpt=True),
-    "lora-no-ckpt": lora_8b(grad_ckpt=False),
+    "full-depth-200": full_depth_200("llama-3.1-8b"),
+    "qwen-depth": full_depth_200("qwen2.5-7b"),
+    "recipes": full_depth_recipes(),
+    "lora-depth": lora_8b(grad_ckpt=False),
+    "lora-ckpt": lora_8b(grad_ckpt=True),
     "memory": memory_points(),
 }  # fmt: skip
 

@@ -71,6 +71,23 @@ def test_an_installed_recipe_reaches_the_accelerator_in_fp8_only(restore_trainer
     assert [type(handler) for handler in bf16] == [DistributedDataParallelKwargs]
 
 
+@pytest.mark.parametrize(
+    ("name", "scaling", "power_of_2"),
+    [("tensorwise-pow2", "TENSORWISE", True), ("rowwise", "AXISWISE", True), ("rowwise-gw-hp", "AXISWISE", True)],
+)
+def test_a_scaling_recipe_hands_torchao_its_config_and_keeps_accelerates_layer_choice(restore_trainer, monkeypatch, name, scaling, power_of_2):
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
+    fp8_recipe.install_from_environment({fp8_recipe.RECIPE_ENV: name})
+    ao_recipe = restore_trainer._build_accelerator_args(fake_trainer("fp8"))["kwargs_handlers"][-1]
+    assert ao_recipe.module_filter_func is None  # Accelerate then converts all but the first and last linear layer
+    assert ao_recipe.config.cast_config_input.scaling_granularity.name == scaling
+    assert ao_recipe.config.round_scales_to_power_of_2 is power_of_2
+
+
+def test_the_default_recipe_leaves_torchao_its_default_config():
+    assert fp8_recipe.RECIPES["lora-base"].float8_config() is None
+
+
 def test_no_recipe_changes_nothing_and_an_unknown_one_is_refused(restore_trainer):
     before = restore_trainer._build_accelerator_args
     assert fp8_recipe.install_from_environment({}) is None

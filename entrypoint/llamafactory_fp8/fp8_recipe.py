@@ -26,7 +26,19 @@ KEPT_IN_BF16 = ("lm_head",)
 class Fp8Recipe:
     name: str
     description: str  # one line for the launcher's report
-    layer_filter: Callable[[object, str], bool]
+    layer_filter: Callable[[object, str], bool] | None = None  # None: Accelerate's (all but the first and last)
+    torchao_recipe: str | None = None  # a torchao Float8LinearRecipeName value; None: tensorwise, torchao's default
+    power_of_2_scales: bool = False  # round each scale down to a power of 2 (exact rescaling, torchao's option)
+
+    def float8_config(self):
+        """torchao's Float8LinearConfig for this recipe, or None for torchao's default."""
+        if self.torchao_recipe is None and not self.power_of_2_scales:
+            return None
+        from torchao.float8 import Float8LinearConfig
+
+        if self.torchao_recipe is not None:
+            return Float8LinearConfig.from_recipe_name(self.torchao_recipe)
+        return Float8LinearConfig(round_scales_to_power_of_2=True)
 
 
 def frozen_large_linear(module, fqn: str) -> bool:
@@ -42,11 +54,21 @@ def frozen_large_linear(module, fqn: str) -> bool:
 
 
 RECIPES = {
-    "lora-base": Fp8Recipe(
-        "lora-base",
-        f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); LoRA adapters and lm_head in BF16",
-        frozen_large_linear,
-    ),
+    recipe.name: recipe
+    for recipe in (
+        Fp8Recipe(
+            "lora-base",
+            f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); LoRA adapters and lm_head in BF16",
+            layer_filter=frozen_large_linear,
+        ),
+        Fp8Recipe("tensorwise-pow2", "tensorwise scaling with scales rounded to powers of 2", power_of_2_scales=True),
+        Fp8Recipe("rowwise", "rowwise scaling (one scale per row, powers of 2), CUTLASS rowwise GEMMs", torchao_recipe="rowwise"),
+        Fp8Recipe(
+            "rowwise-gw-hp",
+            "rowwise scaling, the weight gradient's GEMM kept in BF16",
+            torchao_recipe="rowwise_with_gw_hp",
+        ),
+    )
 }
 
 
@@ -72,7 +94,8 @@ def install(recipe: Fp8Recipe) -> None:
             from accelerate.utils import AORecipeKwargs
 
             handlers = list(args.get("kwargs_handlers") or [])
-            args["kwargs_handlers"] = [*handlers, AORecipeKwargs(module_filter_func=recipe.layer_filter)]
+            ao_recipe = AORecipeKwargs(config=recipe.float8_config(), module_filter_func=recipe.layer_filter)
+            args["kwargs_handlers"] = [*handlers, ao_recipe]
         return args
 
     build_accelerator_args.unwrapped = original  # installing again replaces the recipe rather than adding one
