@@ -4,12 +4,14 @@ keys and flags, read from the plan a user would see."""
 import json
 
 import pytest
+import yaml
 
-from llamafactory_fp8.backends import FP8_BACKENDS
-from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
+from llamafactory_fp8 import fp8_recipe
+from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
+from llamafactory_fp8.errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu
 from llamafactory_fp8.policy import precedence
 
-from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir
+from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir, run_cli
 
 FULL = {"finetuning_type": "full"}
 LORA = {"finetuning_type": "lora"}
@@ -129,7 +131,7 @@ def test_small_model_stays_bf16_and_says_why(planner):
 
 def measured_speedups(backend: str = "torchao", against: str = "compiled"):
     """{(shape, layers, finetuning): mean speedup of FP8 through backend over BF16 (compiled or eager)}, over
-    every committed result."""
+    every committed result of the recipe the product applies to that fine-tuning type."""
     import statistics
 
     runs: dict[tuple, list[float]] = {}
@@ -138,7 +140,8 @@ def measured_speedups(backend: str = "torchao", against: str = "compiled"):
             continue  # measured before the launcher dropped the short last batch
         for row in json.loads(path.read_text())["ratios"]:
             speedup = row.get(f"speedup_vs_bf16_{against}")
-            if row["backend"] == backend and speedup:
+            applied = BY_NAME[backend].recipes.get(row["finetuning"])
+            if row["backend"] == backend and speedup and row.get("recipe") == applied:
                 runs.setdefault((row["shape"], row["layers"], row["finetuning"]), []).append(speedup)
     return {key: statistics.mean(values) for key, values in runs.items()}
 
@@ -169,3 +172,32 @@ def test_the_preferred_backend_is_the_fastest_measured():
     assert set(torchao) & set(te)
     for key in set(torchao) & set(te):
         assert (torchao[key] >= te[key]) == (FP8_BACKENDS[0].name == "torchao"), key
+
+
+@pytest.mark.parametrize(
+    ("finetuning", "flags", "recipe"),
+    [
+        ("lora", {}, "lora-base"),  # the measured winner for LoRA
+        ("full", {}, None),  # torchao's default, as measured at full depth
+        ("lora", {"fp8_recipe": "default"}, None),
+        ("full", {"fp8_recipe": "rowwise"}, "rowwise"),
+    ],
+)
+def test_the_trainer_gets_the_fp8_recipe_the_plan_names_and_the_block_says_so(planner, finetuning, flags, recipe):
+    plan = planner("h200", {**model("llama-3.1-8b"), "finetuning_type": finetuning}, precision="fp8", **flags)
+    assert plan.environment.get(fp8_recipe.RECIPE_ENV) == recipe
+    assert any(f"FP8 recipe {recipe}" in reason for reason in plan.decision.reasons) == (recipe is not None)
+
+
+def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):
+    keys = {**model("llama-3.1-8b"), "finetuning_type": "lora"}
+    assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="bf16").environment
+    assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="fp8", backend="te").environment
+
+
+def test_a_recipe_asked_for_a_run_without_torchao_fp8_is_refused_in_one_line(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**model("llama-3.1-8b"), "finetuning_type": "lora", "output_dir": str(tmp_path / "out")}))
+    result = run_cli("train", str(config), "--bf16", "--fp8-recipe", "rowwise", "--dry-run", profile="h200")
+    assert result.returncode == ConfigInvalid.exit_code
+    assert result.stderr.strip().count("\n") == 0 and "--fp8-recipe rowwise" in result.stderr

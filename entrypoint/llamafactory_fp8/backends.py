@@ -4,7 +4,7 @@ report) reads these. Adding a backend is one record here plus its file under con
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
@@ -18,6 +18,8 @@ class FP8Backend:
     needs_compile: bool  # slower than BF16 without torch.compile: not picked by auto where the user turned it off
     activation_factor: float  # memory: activations held for backward, as a fraction of BF16's (memory.py)
     why: str
+    # The fp8_recipe.RECIPES entry the trainer applies, by finetuning_type, where one beats the backend's default.
+    recipes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 TORCHAO = FP8Backend(
@@ -34,6 +36,9 @@ TORCHAO = FP8Backend(
     # parity,large,te,lora}); tests/test_memory.py checks each.
     activation_factor=0.63,
     why="Float8Linear with tensorwise scaling, compiled with torch.compile (it is slower uncompiled)",
+    # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default): FP8 on the frozen base layers only ran
+    # faster than BF16, the default (the rank-16 adapters converted too) slower.
+    recipes=MappingProxyType({"lora": "lora-base"}),
 )
 
 TE = FP8Backend(

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__
 from .errors import USAGE_EXIT_CODE, LaunchError
 from .gpus import read_gpus
-from .inspection import BACKEND_CHOICES, STRATEGY_CHOICES, Request
+from .inspection import BACKEND_CHOICES, FP8_RECIPE_CHOICES, STRATEGY_CHOICES, Request
 from .launcher import launch
 from .plan import plan_run
 from .report import describe_decision, describe_gpus, memory_table, plan_json, render_block, to_json
@@ -59,6 +59,12 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(precision="auto")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="FP8 backend")
     parser.add_argument(
+        "--fp8-recipe",
+        choices=FP8_RECIPE_CHOICES,
+        default="auto",
+        help="torchao's scaling and the layers it converts (auto: lora-base for LoRA, torchao's default otherwise)",
+    )
+    parser.add_argument(
         "--strategy",
         choices=STRATEGY_CHOICES,
         default="auto",
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides=tuple(getattr(args, "overrides", ())),
         precision=args.precision,
         backend=args.backend,
+        fp8_recipe=args.fp8_recipe,
         strategy=args.strategy,
         allow_cpu=args.allow_cpu,
         memory_check=args.memory_check,

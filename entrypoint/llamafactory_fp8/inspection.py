@@ -11,6 +11,7 @@ from typing import Literal, Mapping
 
 from . import paths
 from .backends import FP8_BACKENDS, installed_fp8_backends
+from .fp8_recipe import RECIPES
 from .gpus import GpuInventory, read_gpus
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
@@ -21,6 +22,8 @@ from .training_config import TrainingConfig, check_output_dir_writable, load_tra
 
 STRATEGY_CHOICES = ("auto", *(strategy.name for strategy in STRATEGIES))
 BACKEND_CHOICES = ("auto", *(backend.name for backend in FP8_BACKENDS))
+# auto: the backend record's recipe for the fine-tuning type; default: torchao's and Accelerate's own choice
+FP8_RECIPE_CHOICES = ("auto", "default", *RECIPES)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Request:
     overrides: tuple[str, ...] = ()
     precision: Literal["auto", "fp8", "bf16"] = "auto"
     backend: str = "auto"  # one of BACKEND_CHOICES
+    fp8_recipe: str = "auto"  # one of FP8_RECIPE_CHOICES
     strategy: str = "auto"  # one of STRATEGY_CHOICES
     allow_cpu: bool = False
     memory_check: bool = True

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .accelerate_config import write_accelerate_config
 from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .fp8_recipe import RECIPE_ENV
 from .progress import DISK_FULL, KILLED_BY, LOST_PEER, PROGRESS_DIR_ENV, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
@@ -55,12 +56,16 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def child_environment(topology: Topology, device: str, ranks: Path, collective_timeout_s: int) -> dict[str, str]:
+def child_environment(
+    topology: Topology, device: str, ranks: Path, collective_timeout_s: int, fp8_recipe: str | None
+) -> dict[str, str]:
     """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` as they happen,
     not when a buffer fills; each rank reports its progress into `ranks`; a collective that waits longer than the
     run's ddp_timeout for a lost node fails. On the CPU, `accelerate launch` starts one process per node and expects
-    MPI to name its rank, so the launcher does."""
+    MPI to name its rank, so the launcher does. The trainer installs the plan's FP8 recipe, if any."""
     env = {"PYTHONUNBUFFERED": "1", PROGRESS_DIR_ENV: str(ranks), COLLECTIVE_TIMEOUT_ENV: str(collective_timeout_s)}
+    if fp8_recipe is not None:
+        env[RECIPE_ENV] = fp8_recipe
     if device == "cpu" and topology.num_machines > 1:
         env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
     return env

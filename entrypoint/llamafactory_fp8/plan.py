@@ -99,7 +99,9 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         training_keys=keys,
         accelerate=accelerate,
         command=tuple(command),
-        environment=child_environment(inspection.topology, decision.device, ranks_dir(state_file), collective_timeout_s),
+        environment=child_environment(
+            inspection.topology, decision.device, ranks_dir(state_file), collective_timeout_s, decision.fp8_recipe
+        ),
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
         run_record=inspection.run_record,

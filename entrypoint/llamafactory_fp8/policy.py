@@ -17,6 +17,7 @@ from . import memory
 from .backends import BY_NAME as BACKENDS
 from .backends import FP8_BACKENDS, FP8Backend
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
+from .fp8_recipe import RECIPES
 from .gpus import GpuInventory
 from .inspection import Inspection
 from .memory import MemoryEstimate
@@ -30,15 +31,16 @@ T = TypeVar("T")
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
 
-# Auto picks FP8 from this model size up, per fine-tuning type. Measured on one H100 through this product
-# (bench/results/, FP8 = torchao compiled, against BF16 compiled; the mean where a shape ran more than once):
+# Auto picks FP8 from this model size up, per fine-tuning type. Measured through this product (bench/results/, FP8 =
+# torchao compiled, against BF16 compiled; the mean where a shape ran more than once), on one H100 at truncated depth:
 # full fine-tuning 0.51B parameters (Llama-3.2-1B shape, 4 layers; 3 runs) 1.038x; 1.24B (Llama-3.2-1B) 1.08x;
 # 1.24B (Qwen2.5-3B shape, 12 layers) 1.088x; 2.49B (Qwen2.5-7B, 6 layers; 2 runs) 1.149x; 2.80B (Llama-3.1-8B,
-# 8 layers) 1.091x. LoRA: 8.03B (Llama-3.1-8B, full depth) 1.037x. FP8 wins on every measured shape. It wins by
-# 5% or more from 1.24B, but keeping BF16 below that would leave a 3.8% (0.51B) or 3.7% (LoRA 8B) gain on the
-# table, past the 3% that auto may lose; so each threshold sits at the smallest measured shape, and sizes below
-# it, never measured and where FP8's gain shrinks with size, stay in BF16. Freeze-tuning is not measured and
-# follows full fine-tuning; OFT follows LoRA.
+# 8 layers) 1.091x; on one H200 at full depth (full-depth, full-depth-200, qwen-full-depth): Llama-3.1-8B 1.074x
+# and 1.085x, Qwen2.5-7B 1.093x. LoRA, with the lora-base recipe the backend record applies: 8.03B (Llama-3.1-8B,
+# full depth, H200, lora-depth) 1.085x. FP8 wins on every measured shape. It wins by 5% or more from 1.24B, but
+# keeping BF16 below that would leave a 3.8% (0.51B) gain on the table, past the 3% that auto may lose; so each
+# threshold sits at the smallest measured shape, and sizes below it, never measured and where FP8's gain shrinks
+# with size, stay in BF16. Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
 AUTO_FP8_MIN_PARAMETERS = {"full": 0.5e9, "freeze": 0.5e9, "lora": 8.0e9, "oft": 8.0e9}
 
 
@@ -72,6 +74,7 @@ class Decision:
     host_memory_gib: float | None  # what CPU offloading may fill
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
+    fp8_recipe: str | None = None  # an fp8_recipe.RECIPES name the trainer applies; None: torchao's default
 
     @property
     def accelerate_precision(self) -> str:
@@ -97,6 +100,7 @@ def decide(inspection: Inspection) -> Decision:
 
     given = _given_strategy(inspection)
     precision, source, backend = _precision(inspection, given, reasons)
+    recipe = _fp8_recipe(inspection, backend, reasons)
     if backend is not None and given is not None and not given.strategy.carries_fp8:
         warnings.append(f"FP8 may stay off under {given.strategy.label} (accelerate#3360); the patched LLaMA-Factory then fails the run")
     processes = 1 if any(gpu.is_mig_slice for gpu in gpus.gpus) else gpus.count
@@ -108,8 +112,24 @@ def decide(inspection: Inspection) -> Decision:
     strategy, estimate = _strategy(inspection, given, precision, backend, processes, gpu_gib, table, reasons, warnings)
     return Decision(
         precision, source, backend, "cuda", processes, strategy, estimate, table, gpu_gib, inspection.host_memory_gib,
-        tuple(reasons), tuple(warnings),
+        tuple(reasons), tuple(warnings), recipe,
     )  # fmt: skip
+
+
+def _fp8_recipe(inspection: Inspection, backend: FP8Backend | None, reasons: list[str]) -> str | None:
+    """`--fp8-recipe` > the backend record's recipe for the fine-tuning type. Recipes are torchao's."""
+    asked = inspection.request.fp8_recipe
+    flag = None if asked == "auto" else asked
+    if flag is not None and flag != "default" and (backend is None or backend.name != "torchao"):
+        chosen = f"FP8 through {backend.name}" if backend else "no FP8"
+        raise ConfigInvalid(f"--fp8-recipe {flag} is a torchao recipe, and this run has {chosen}")
+    if backend is None:
+        return None
+    name, source = precedence(flag, None, lambda: backend.recipes.get(inspection.training.finetuning_type, "default"))
+    if name != "default":
+        by = "--fp8-recipe" if source == "flag" else f"auto for {inspection.training.finetuning_type}"
+        reasons.append(f"FP8 recipe {name} ({by}): {RECIPES[name].description}")
+    return None if name == "default" else name
 
 
 def _given_strategy(inspection: Inspection) -> StrategyChoice | None:
