@@ -38,6 +38,8 @@ BAD_INPUTS = {
     "output dir not writable": (["train", DEMO, "--allow-cpu", _not_writable_output], "no-gpu", 14, "not writable"),
     "no model": (["train", _write("nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
     "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
+    "NUL in a path": (["train", _write("nul.yaml", 'model_name_or_path: m\noutput_dir: "\\0"\n')], "a100", 13, "NUL"),
+    "FP8 recipe on a BF16 run": (["train", DEMO, "--bf16", "--fp8-recipe", "rowwise"], "h100-sxm", 13, "--fp8-recipe rowwise"),
     "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
     "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
     "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),

@@ -25,7 +25,8 @@ KEYS = (
 MODELS = [str(model_dir(name)) for name in ("qwen2.5-0.5b", "llama-3.1-8b", "llama-3.1-70b")]
 FLAGS = (
     "--fp8", "--bf16", "--auto", "--backend", "te", "torchao", "--strategy", "fsdp2", "deepspeed-zero3", "ddp",
-    "fsdp2-offload", "--no-memory-check", "--allow-cpu", "--json", "--unknown", "auto",
+    "fsdp2-offload", "--no-memory-check", "--allow-cpu", "--json", "--unknown", "auto", "--fp8-recipe", "lora-base",
+    "rowwise", "default",
 )  # fmt: skip
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**13), st.floats(), st.text(max_size=12))

@@ -4,14 +4,13 @@ keys and flags, read from the plan a user would see."""
 import json
 
 import pytest
-import yaml
 
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
-from llamafactory_fp8.errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu
+from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
 from llamafactory_fp8.policy import precedence
 
-from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir, run_cli
+from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir
 
 FULL = {"finetuning_type": "full"}
 LORA = {"finetuning_type": "lora"}
@@ -194,10 +193,3 @@ def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):
     assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="bf16").environment
     assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="fp8", backend="te").environment
 
-
-def test_a_recipe_asked_for_a_run_without_torchao_fp8_is_refused_in_one_line(tmp_path):
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({**model("llama-3.1-8b"), "finetuning_type": "lora", "output_dir": str(tmp_path / "out")}))
-    result = run_cli("train", str(config), "--bf16", "--fp8-recipe", "rowwise", "--dry-run", profile="h200")
-    assert result.returncode == ConfigInvalid.exit_code
-    assert result.stderr.strip().count("\n") == 0 and "--fp8-recipe rowwise" in result.stderr

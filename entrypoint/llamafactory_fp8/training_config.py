@@ -155,6 +155,8 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self._invalid(key, "a text value")
+        if "\x00" in str(value):  # no path or name can hold it; the OS refuses it with a ValueError
+            raise self._invalid(key, "text without a NUL character")
         return str(value)
 
     def integer(self, key: str, default: int, minimum: int | None = None) -> int:
