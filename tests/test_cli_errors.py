@@ -40,6 +40,7 @@ BAD_INPUTS = {
     "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
     "NUL in a path": (["train", _write("nul.yaml", 'model_name_or_path: m\noutput_dir: "\\0"\n')], "a100", 13, "NUL"),
     "FP8 recipe on a BF16 run": (["train", DEMO, "--bf16", "--fp8-recipe", "rowwise"], "h100-sxm", 13, "--fp8-recipe rowwise"),
+    "FP8 recipe on the CPU": (["train", DEMO, "--allow-cpu", "--fp8-recipe", "lora-base"], "no-gpu", 13, "no FP8"),
     "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
     "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
     "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
