@@ -134,10 +134,10 @@ def full_depth_8b():
     return [compiled[0], replace(compiled[1], expected_s=240), defaults]
 
 
-def full_depth_200(shape: str):
+def full_depth_200(shape: str, profile_steps: int):
     """Compiled BF16 against the product's FP8 at full depth for 200 steps on real text: the speed pair again and
-    the loss at step 200. The first run of a shape is profiled (2 steps after the timed ones)."""
-    options = dict(FULL_8B, shape=shape, steps=200, profile_steps=0 if shape == "llama-3.1-8b" else 2)
+    the loss at step 200, profiled for `profile_steps` after the timed ones."""
+    options = dict(FULL_8B, shape=shape, steps=200, profile_steps=profile_steps)
     return [Case(**options, precision="bf16", compile=True, expected_s=200),
             Case(**options, precision="fp8", compile=True, expected_s=330)]  # fmt: skip
 
@@ -193,8 +193,8 @@ PLANS = {
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
     "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
     "full-depth": full_depth_8b(),
-    "full-depth-200": full_depth_200("llama-3.1-8b"),
-    "qwen-depth": full_depth_200("qwen2.5-7b"),
+    "full-depth-200": full_depth_200("llama-3.1-8b", profile_steps=0),  # profiled in full-depth already
+    "qwen-depth": full_depth_200("qwen2.5-7b", profile_steps=2),
     "recipes": full_depth_recipes(),
     "lora-depth": lora_8b(grad_ckpt=False),
     "lora-ckpt": lora_8b(grad_ckpt=True),

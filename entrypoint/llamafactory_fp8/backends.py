@@ -18,6 +18,7 @@ class FP8Backend:
     needs_compile: bool  # slower than BF16 without torch.compile: not picked by auto where the user turned it off
     activation_factor: float  # memory: activations held for backward, as a fraction of BF16's (memory.py)
     why: str
+    takes_recipes: bool = False  # whether fp8_recipe.RECIPES (torchao configs and layer filters) apply to it
     # The fp8_recipe.RECIPES entry the trainer applies, by finetuning_type, where one beats the backend's default.
     recipes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -38,6 +39,7 @@ TORCHAO = FP8Backend(
     why="Float8Linear with tensorwise scaling, compiled with torch.compile (it is slower uncompiled)",
     # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default): FP8 on the frozen base layers only ran
     # faster than BF16, the default (the rank-16 adapters converted too) slower.
+    takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
 )
 

@@ -120,7 +120,7 @@ def _fp8_recipe(inspection: Inspection, backend: FP8Backend | None, reasons: lis
     """`--fp8-recipe` > the backend record's recipe for the fine-tuning type. Recipes are torchao's."""
     asked = inspection.request.fp8_recipe
     flag = None if asked == "auto" else asked
-    if flag is not None and flag != "default" and (backend is None or backend.name != "torchao"):
+    if flag is not None and flag != "default" and (backend is None or not backend.takes_recipes):
         chosen = f"FP8 through {backend.name}" if backend else "no FP8"
         raise ConfigInvalid(f"--fp8-recipe {flag} is a torchao recipe, and this run has {chosen}")
     if backend is None:
