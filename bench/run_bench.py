@@ -149,6 +149,23 @@ def full_depth_recipes():
     ]
 
 
+def full_depth_batch8():
+    """Eight sequences per micro-batch with gradient checkpointing (LLaMA-Factory's default), so that the AdamW step
+    and the per-step weight casts are shared by 8x the tokens: compiled BF16, the product's FP8, and LLaMA-Factory's
+    defaults at the same batch. The peak stays the optimizer step's (memory.py's estimate: ~127 GiB at batch 1 or 8)."""
+    options = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6, profile_steps=1)
+    defaults = Case(**dict(options, steps=10, warmup_steps=4), precision="bf16", compile=False,
+                    extra=("flash_attn=auto",), label="llamafactory-defaults", expected_s=120)  # fmt: skip
+    return [Case(**options, precision="bf16", compile=True, expected_s=150),
+            Case(**options, precision="fp8", compile=True, expected_s=180), defaults]  # fmt: skip
+
+
+def full_depth_batch8_recipes():
+    """torchao's rowwise and power-of-2 scalings at full_depth_batch8's shape, beside its tensorwise FP8 again."""
+    options = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6, expected_s=150)
+    return [Case(**options, precision="fp8", compile=True, recipe=recipe) for recipe in (None, "rowwise", "tensorwise-pow2")]
+
+
 # LoRA r16 on every linear layer of the 8B at full depth, two sequences of 2048: without gradient checkpointing
 # this fits an H100 on both sides (the memory model's estimate: ~47 GiB).
 LORA_8B = dict(shape="llama-3.1-8b", layers=None, finetuning="lora", batch=2, extra=(*LORA_ALL, "lora_rank=16"))
@@ -160,6 +177,13 @@ def lora_8b(grad_ckpt: bool):
     options = dict(LORA_8B, steps=30, profile_steps=2, grad_ckpt=grad_ckpt, expected_s=150)
     return [Case(**options, precision="bf16", compile=True),
             Case(**options, precision="fp8", compile=True, recipe="lora-base"), Case(**options, precision="fp8", compile=True)]  # fmt: skip
+
+
+def lora_8b_batch8():
+    """LoRA at eight sequences per step, no checkpointing (~104 GiB by the two-sequence runs, so an H200): the
+    launch gap that held lora-base to 1.085x at two sequences is shared by 4x the GPU work."""
+    options = dict(LORA_8B, batch=8, steps=20, warmup_steps=6, profile_steps=1, expected_s=200)
+    return [Case(**options, precision="bf16", compile=True), Case(**options, precision="fp8", compile=True, recipe="lora-base")]
 
 
 def memory_points():
@@ -199,6 +223,9 @@ PLANS = {
     "lora-depth": lora_8b(grad_ckpt=False),
     "lora-ckpt": lora_8b(grad_ckpt=True),
     "lora-default": lora_8b(grad_ckpt=False)[2:],  # the product's default FP8 alone: its compile outlasts a call beside the others
+    "full-batch8": full_depth_batch8(),
+    "recipes-batch8": full_depth_batch8_recipes(),
+    "lora-batch8": lora_8b_batch8(),
     "memory": memory_points(),
 }  # fmt: skip
 
