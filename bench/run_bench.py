@@ -230,6 +230,8 @@ PLANS = {
     "recipes-batch8": full_depth_batch8_repeat(recipes=(None, "rowwise", "tensorwise-pow2"), repeat=1),
     "qwen-batch8": full_depth_batch8_repeat("qwen2.5-7b"),
     "pow2-batch8": full_depth_batch8_repeat(recipes=("tensorwise-pow2", "rowwise-gw-hp"), repeat=2),
+    # the power-of-2 FP8 run alone again, short, to fit the session's last device minutes
+    "pow2-repeat": [replace(full_depth_batch8_repeat(recipes=("tensorwise-pow2",), repeat=3)[1], steps=12, warmup_steps=4, expected_s=90)],
     "lora-batch8": lora_8b_batch8(),
     "batch8-defaults": full_depth_batch8()[2:],  # ran out of GPU memory: results/batch8-defaults-oom/
     "batch4-defaults": [replace(full_depth_batch8()[2], batch=4)],  # the largest power-of-2 batch the defaults fit
