@@ -31,15 +31,28 @@ MEASURED = [
 TOLERANCE = 0.15
 
 
-@pytest.fixture(scope="module")
-def run_bench():
+@contextlib.contextmanager
+def bench_module():
     """bench/run_bench.py itself, so that each case is replayed with the arguments the bench gave it."""
     spec = importlib.util.spec_from_file_location("run_bench", ROOT / "bench" / "run_bench.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def run_bench():
+    with bench_module() as module:
+        yield module
+
+
+def log_of(run_bench, path: Path, index: int) -> Path:
+    case = json.loads(path.read_text())["results"][index]["case"]
+    return path.parent / "logs" / f"{run_bench.Case(**{**case, 'extra': tuple(case['extra'])}).name}.log"
 
 
 def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
@@ -70,12 +83,26 @@ def profile_for(device: str) -> str:
     raise AssertionError(f"no recorded NVML profile for {device}: record one with scripts/record_nvml_profile.py")
 
 
+def strategy_that_ran(log: Path) -> str:
+    """The strategy the launcher's block in the run's own log names, so that the estimate is replayed for what ran
+    whatever the launcher of today would choose (CPU offload, where an estimate sent results/batch8-offloaded/).
+    The oldest results' logs carry the names of their day, not the case's: those all ran on one device."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    choice = next((line for line in lines if line.startswith("  choice ")), "  choice one device")
+    layout = choice.rsplit(", ", 1)[-1].removeprefix("  choice ").removesuffix(" (--strategy)")
+    if layout == "one device":
+        return "ddp"
+    return next(strategy.name for strategy in STRATEGIES.values() if strategy.label == layout)
+
+
 def test_every_result_with_a_peak_is_checked():
     assert len(MEASURED) >= 20  # the results committed when this test was written: none may drop out unseen
 
 
-@pytest.mark.parametrize("path, index", MEASURED, ids=[f"{p.parent.name}-{i}" for p, i in MEASURED])
-def test_the_estimate_is_within_15_percent_of_each_measured_peak(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+def replay(path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profile, as_a_user: bool = False) -> tuple[dict, dict]:
+    """The launcher's --dry-run plan for one committed run, on the recorded profile of its GPU: with the arguments
+    the bench gave it and the strategy that ran, or `as_a_user`, without the bench's --strategy and
+    --no-memory-check (what a user types for the same YAML)."""
     payload = json.loads(path.read_text())
     result = payload["results"][index]
     case = run_bench.Case(**{**result["case"], "extra": tuple(result["case"]["extra"])})
@@ -86,21 +113,48 @@ def test_the_estimate_is_within_15_percent_of_each_measured_peak(path, index, ru
     model.mkdir()
     (model / "config.json").write_text(json.dumps(config))
     args = bench_arguments(run_bench, case, model, tmp_path)
-    if "--strategy" not in args:
-        args += ["--strategy", "ddp"]  # what the launcher of the day ran on one GPU, whether or not it fits now
+    if "--strategy" in args:
+        at = args.index("--strategy")
+        del args[at : at + 2]
+    if as_a_user:
+        args = [arg for arg in args if arg != "--no-memory-check"]
+    else:
+        args += ["--strategy", strategy_that_ran(log_of(run_bench, path, index))]
 
     nvml_profile(profile_for(payload["environment"]["device"]))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main([*args, "--dry-run", "--json"]) == 0
-    plan = json.loads(out.getvalue())
-    decision = plan["decision"]
+    decision = json.loads(out.getvalue())["decision"]
     assert decision["precision"] == case.precision
     if case.precision == "fp8":
         assert decision["backend"]["name"] == case.backend
+    return result, decision
+
+
+@pytest.mark.parametrize("path, index", MEASURED, ids=[f"{p.parent.name}-{i}" for p, i in MEASURED])
+def test_the_estimate_is_within_15_percent_of_each_measured_peak(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+    result, decision = replay(path, index, run_bench, tmp_path, monkeypatch, nvml_profile)
     estimate, measured = decision["memory"]["allocator_gib"], result["peak_reserved_gib"]
-    assert abs(estimate / measured - 1) <= TOLERANCE, f"{case}: estimated {estimate:.1f} GiB, measured {measured} GiB"
+    assert abs(estimate / measured - 1) <= TOLERANCE, f"{result['case']}: estimated {estimate:.1f} GiB, measured {measured} GiB"
+
+
+with bench_module() as _run_bench:  # every run that trained to its end on one device, with its peak measured
+    FITTED_ONE_GPU = [
+        (path, index)
+        for path, index in MEASURED
+        if json.loads(path.read_text())["results"][index]["exit_code"] == 0
+        and strategy_that_ran(log_of(_run_bench, path, index)) == "ddp"
+    ]
+
+
+@pytest.mark.parametrize("path, index", FITTED_ONE_GPU, ids=[f"{p.parent.name}-{i}" for p, i in FITTED_ONE_GPU])
+def test_a_run_measured_to_fit_one_gpu_is_planned_on_one_gpu(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+    """Not refused, and not sent to CPU offload or another strategy by an estimate larger than the run."""
+    result, decision = replay(path, index, run_bench, tmp_path, monkeypatch, nvml_profile, as_a_user=True)
+    planned = decision["strategy"]["strategy"]["name"]
+    assert planned == "ddp", f"{result['case']}: planned as {planned}"
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ class Fp8Recipe:
     layer_filter: Callable[[object, str], bool] | None = None  # None: Accelerate's (all but the first and last)
     torchao_recipe: str | None = None  # a torchao Float8LinearRecipeName value; None: tensorwise, torchao's default
     power_of_2_scales: bool = False  # round each scale down to a power of 2 (exact rescaling, torchao's option)
+    # memory: activations held for backward as a fraction of BF16's; None keeps the backend's (memory.py)
+    activation_factor: float | None = None
 
     def float8_config(self):
         """torchao's Float8LinearConfig for this recipe, or None for torchao's default."""
@@ -60,6 +62,8 @@ RECIPES = {
             "lora-base",
             f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); LoRA adapters and lm_head in BF16",
             layer_filter=frozen_large_linear,
+            # frozen layers keep no FP8 input for a weight gradient: the peak equals BF16's (results/lora-batch8/)
+            activation_factor=1.0,
         ),
         Fp8Recipe("tensorwise-pow2", "tensorwise scaling with scales rounded to powers of 2", power_of_2_scales=True),
         Fp8Recipe("rowwise", "rowwise scaling (one scale per row, powers of 2), CUTLASS rowwise GEMMs", torchao_recipe="rowwise"),

@@ -18,15 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .backends import FP8Backend
+from .fp8_recipe import Fp8Recipe
 from .model_facts import ModelFacts
 from .strategies import Strategy
 from .training_config import TrainingConfig
 
 GIB = 2**30
 # Saved for backward, per token and decoder layer, in bytes per unit of hidden and of MLP width (compiled BF16:
-# norms, attention inputs and outputs, the gated MLP's inputs; the fp32 residual stream of upcast full fine-tuning).
-ACTIVATION_BYTES_PER_HIDDEN = 29.2
+# norms, attention inputs and outputs, the gated MLP's inputs), and per unit of hidden on top where the residual
+# stream and the norms run in fp32 because LLaMA-Factory upcast the trainable weights (full and freeze tuning).
+# One coefficient for both streams overestimated LoRA's peak by 24% at 8 x 2048 tokens (results/lora-batch8/), enough
+# to send a run that fits one H200 to CPU offload, 2x slower (results/batch8-offloaded/).
+ACTIVATION_BYTES_PER_HIDDEN = 16.5
 ACTIVATION_BYTES_PER_INTERMEDIATE = 6.65
+FP32_STREAM_BYTES_PER_HIDDEN = 12.7
 # The output layer's logits and their gradient, per token and vocabulary entry: compiled, torch.compile fuses the
 # fp32 upcast of the loss; eager, Transformers' loss materialises it.
 LOGIT_BYTES_COMPILED = 4.8
@@ -96,6 +101,7 @@ def estimate(
     strategy: Strategy,
     world_size: int,
     processes_per_node: int = 1,
+    recipe: Fp8Recipe | None = None,
 ) -> MemoryEstimate:
     params = _parameters(model, training)
     shard = {"replicated": 1.0, "sharded": 1.0 / world_size, "offloaded": 0.0}
@@ -108,7 +114,7 @@ def estimate(
     weights = (params.trainable * weight_bytes + params.frozen_bytes) * shard[strategy.weights]
     optimizer = params.trainable * optimizer_bytes * shard[strategy.optimizer]
     gradients = params.trainable * grad_bytes * shard[strategy.gradients]
-    activations, logits = _activations(model, training, backend, params)
+    activations, logits = _activations(model, training, backend, recipe, params)
     output_grad = params.output_layer * grad_bytes * shard[strategy.gradients]
     if training.gradient_accumulation_steps > 1:  # gradients stay between micro-batches
         peak, fitted = gradients + activations + logits, activations + logits
@@ -172,19 +178,20 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
 
 
 def _activations(
-    model: ModelFacts, training: TrainingConfig, backend: FP8Backend | None, params: _Parameters
+    model: ModelFacts, training: TrainingConfig, backend: FP8Backend | None, recipe: Fp8Recipe | None, params: _Parameters
 ) -> tuple[float, float]:
     """Bytes saved for backward by the decoder layers, and by the logits, for one micro-batch."""
     tokens = training.micro_batch_size * training.cutoff_len  # packed, or padded to cutoff_len at most
-    per_layer = tokens * (
-        ACTIVATION_BYTES_PER_HIDDEN * model.hidden_size + ACTIVATION_BYTES_PER_INTERMEDIATE * model.intermediate_size
-    )
+    fp32_stream = training.finetuning_type in ("full", "freeze") and not training.pure_bf16
+    per_hidden = ACTIVATION_BYTES_PER_HIDDEN + (FP32_STREAM_BYTES_PER_HIDDEN if fp32_stream else 0.0)
+    per_layer = tokens * (per_hidden * model.hidden_size + ACTIVATION_BYTES_PER_INTERMEDIATE * model.intermediate_size)
     if backend is not None:
-        per_layer *= backend.activation_factor
+        factor = recipe.activation_factor if recipe is not None and recipe.activation_factor is not None else None
+        per_layer *= backend.activation_factor if factor is None else factor
     if training.gradient_checkpointing:
-        # each layer keeps only its input (fp32 where upcast full or freeze tuning runs the residual stream in fp32),
-        # and one layer's activations are recomputed at a time
-        residual = 4 if training.finetuning_type in ("full", "freeze") and not training.pure_bf16 else 2
+        # each layer keeps only its input (in the fp32 stream where it runs), and one layer's activations are
+        # recomputed at a time
+        residual = 4 if fp32_stream else 2
         layers = params.activation_layers * tokens * model.hidden_size * residual + per_layer
     else:
         layers = params.activation_layers * per_layer

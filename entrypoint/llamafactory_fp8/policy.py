@@ -17,7 +17,7 @@ from . import memory
 from .backends import BY_NAME as BACKENDS
 from .backends import FP8_BACKENDS, FP8Backend
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
-from .fp8_recipe import RECIPES
+from .fp8_recipe import RECIPES, Fp8Recipe
 from .gpus import GpuInventory
 from .inspection import Inspection
 from .memory import MemoryEstimate
@@ -108,8 +108,9 @@ def decide(inspection: Inspection) -> Decision:
     gpu_gib = min(gpu.memory_total_gib for gpu in gpus.gpus)
     world = processes * inspection.topology.num_machines
     model = inspection.model.facts
-    table = tuple(memory.estimate(model, training, backend, s, world, processes) for s in STRATEGIES) if model else ()
-    strategy, estimate = _strategy(inspection, given, precision, backend, processes, gpu_gib, table, reasons, warnings)
+    fp8_recipe = RECIPES.get(recipe) if recipe else None
+    table = tuple(memory.estimate(model, training, backend, s, world, processes, fp8_recipe) for s in STRATEGIES) if model else ()
+    strategy, estimate = _strategy(inspection, given, precision, backend, fp8_recipe, processes, gpu_gib, table, reasons, warnings)
     return Decision(
         precision, source, backend, "cuda", processes, strategy, estimate, table, gpu_gib, inspection.host_memory_gib,
         tuple(reasons), tuple(warnings), recipe,
@@ -279,6 +280,7 @@ def _strategy(
     given: StrategyChoice | None,
     precision: str,
     backend: FP8Backend | None,
+    recipe: Fp8Recipe | None,
     processes: int,
     gpu_gib: float,
     table: tuple[MemoryEstimate, ...],
@@ -306,7 +308,7 @@ def _strategy(
             return StrategyChoice(strategy, "auto"), chosen
     smallest = min((estimates[s.name] for s in candidates), key=lambda e: e.total_gib)
     if request.memory_check:
-        raise DoesNotFit(_does_not_fit(inspection, precision, backend, gpu_gib, processes))
+        raise DoesNotFit(_does_not_fit(inspection, precision, backend, recipe, gpu_gib, processes))
     strategy = STRATEGIES_BY_NAME[smallest.strategy]
     warnings.append(
         f"nothing fits: the smallest estimate is ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU "
@@ -366,14 +368,14 @@ def _layout(strategy: Strategy, world: int) -> str:
 
 
 def _does_not_fit(
-    inspection: Inspection, precision: str, backend: FP8Backend | None, gpu_gib: float, processes: int
+    inspection: Inspection, precision: str, backend: FP8Backend | None, recipe: Fp8Recipe | None, gpu_gib: float, processes: int
 ) -> str:
     """One line: what the run needs at best, and the changes that would make it fit (one at a time, else together)."""
     training, model, host = inspection.training, inspection.model.facts, inspection.host_memory_gib
     world = processes * inspection.topology.num_machines
 
     def first_fit(config: TrainingConfig, world: int, per_node: int) -> MemoryEstimate | None:
-        estimates = (memory.estimate(model, config, backend, s, world, per_node) for s in _candidates(inspection, config, precision))
+        estimates = (memory.estimate(model, config, backend, s, world, per_node, recipe) for s in _candidates(inspection, config, precision))
         return next((e for e in estimates if e.fits(gpu_gib, host)), None)
 
     changes: list[tuple[str, TrainingConfig]] = []
@@ -404,14 +406,14 @@ def _does_not_fit(
             fitting.append((", ".join(label for label, _ in changes) + " together", found))
 
     candidates = _candidates(inspection, training, precision)
-    on_gpu = [memory.estimate(model, training, backend, s, world, processes) for s in candidates if s.weights != "offloaded"]
+    on_gpu = [memory.estimate(model, training, backend, s, world, processes, recipe) for s in candidates if s.weights != "offloaded"]
     best = min(on_gpu, key=lambda e: e.total_gib)
     needs = (
         f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters needs "
         f"~{best.total_gib:.0f} GiB per GPU at best ({_layout(STRATEGIES_BY_NAME[best.strategy], world)}) "
         f"and a GPU here has {gpu_gib:.0f}"
     )
-    offloaded = [memory.estimate(model, training, backend, s, world, processes) for s in candidates if s.weights == "offloaded"]
+    offloaded = [memory.estimate(model, training, backend, s, world, processes, recipe) for s in candidates if s.weights == "offloaded"]
     if offloaded:
         least = min(offloaded, key=lambda e: e.total_gib)
         needs += f"; with CPU offload ~{least.total_gib:.0f} GiB per GPU" + (
