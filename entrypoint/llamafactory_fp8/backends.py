@@ -37,8 +37,10 @@ TORCHAO = FP8Backend(
     # parity,large,te,lora}); tests/test_memory.py checks each.
     activation_factor=0.63,
     why="Float8Linear with tensorwise scaling, compiled with torch.compile (it is slower uncompiled)",
-    # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default): FP8 on the frozen base layers only ran
-    # faster than BF16, the default (the rank-16 adapters converted too) slower.
+    # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default, lora-batch8): FP8 on the frozen base
+    # layers only ran faster than BF16, the default (the rank-16 adapters converted too) slower. Full fine-tuning
+    # keeps torchao's tensorwise default: power-of-2 scales ran faster once (pow2-batch8), not yet repeated, and
+    # rowwise slower (recipes-batch8).
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
 )

@@ -31,16 +31,14 @@ T = TypeVar("T")
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
 
-# Auto picks FP8 from this model size up, per fine-tuning type. Measured through this product (bench/results/, FP8 =
-# torchao compiled, against BF16 compiled; the mean where a shape ran more than once), on one H100 at truncated depth:
-# full fine-tuning 0.51B parameters (Llama-3.2-1B shape, 4 layers; 3 runs) 1.038x; 1.24B (Llama-3.2-1B) 1.08x;
-# 1.24B (Qwen2.5-3B shape, 12 layers) 1.088x; 2.49B (Qwen2.5-7B, 6 layers; 2 runs) 1.149x; 2.80B (Llama-3.1-8B,
-# 8 layers) 1.091x; on one H200 at full depth (full-depth, full-depth-200, qwen-full-depth): Llama-3.1-8B 1.074x
-# and 1.085x, Qwen2.5-7B 1.093x. LoRA, with the lora-base recipe the backend record applies: 8.03B (Llama-3.1-8B,
-# full depth, H200, lora-depth) 1.085x. FP8 wins on every measured shape. It wins by 5% or more from 1.24B, but
-# keeping BF16 below that would leave a 3.8% (0.51B) gain on the table, past the 3% that auto may lose; so each
-# threshold sits at the smallest measured shape, and sizes below it, never measured and where FP8's gain shrinks
-# with size, stay in BF16. Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
+# Auto picks FP8 from this model size up, per fine-tuning type. Every torchao result under bench/results/ (FP8
+# compiled against BF16 compiled, through this product, with the recipe the backend record applies;
+# tests/test_policy.py holds this rule to each) has FP8 ahead: least at the smallest shape measured, 0.51B parameters
+# (`smoke`, `repeat`), by 5% or more from 1.24B (`small`), most at full depth with 8 sequences per step
+# (`full-batch8`, `qwen-batch8`, `lora-batch8`). Keeping BF16 below 1.24B would leave the 0.51B shape's gain, past
+# the 3% auto may lose, on the table; so each threshold sits at the smallest shape measured, and sizes below it,
+# never measured and where FP8's gain shrinks with size, stay in BF16. LoRA is measured at 8B only (`lora-depth`,
+# `lora-batch8`). Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
 AUTO_FP8_MIN_PARAMETERS = {"full": 0.5e9, "freeze": 0.5e9, "lora": 8.0e9, "oft": 8.0e9}
 
 
