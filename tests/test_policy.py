@@ -2,13 +2,16 @@
 keys and flags, read from the plan a user would see."""
 
 import json
+import re
 
 import pytest
+import yaml
 
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
 from llamafactory_fp8.policy import precedence
+from llamafactory_fp8.report import render_block
 
 from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir
 
@@ -193,3 +196,43 @@ def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):
     assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="bf16").environment
     assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="fp8", backend="te").environment
 
+
+
+ADVISED_KEY = re.compile(r"(\w+): (\w+)")
+ONE_SEQUENCE_FULL = {"finetuning_type": "full", "per_device_train_batch_size": 1, "disable_gradient_checkpointing": True}
+TWO_SEQUENCES_LORA = {"finetuning_type": "lora", "lora_target": "all", "per_device_train_batch_size": 2, "disable_gradient_checkpointing": True}
+
+
+@pytest.mark.parametrize(
+    ("profile", "keys"),
+    [
+        ("h200", ONE_SEQUENCE_FULL),  # measured: 1.08x at 1 x 2048, 1.34x at 8 x 2048 with checkpointing
+        ("h200", {**ONE_SEQUENCE_FULL, "gradient_accumulation_steps": 8}),
+        ("h200", TWO_SEQUENCES_LORA),  # measured: 1.085x at 2 x 2048, 1.225x at 8 x 2048
+        ("h100-sxm", TWO_SEQUENCES_LORA),
+    ],
+)
+def test_fp8_with_few_tokens_per_micro_batch_is_told_the_larger_batch_that_fits(planner, profile, keys):
+    """The block says which keys give more tokens per micro-batch; a user who sets them gets a plan that fits, with
+    the optimizer's batch kept where gradient accumulation allows, and no further tip."""
+    yaml_keys = {**model("llama-3.1-8b"), "cutoff_len": 2048, **keys}
+    plan = planner(profile, yaml_keys, precision="fp8")
+    (tip,) = plan.decision.tips
+    assert tip in render_block(plan)
+    advised = {key: yaml.safe_load(value) for key, value in ADVISED_KEY.findall(tip)}
+    assert advised["per_device_train_batch_size"] > keys["per_device_train_batch_size"]
+    assert "disable_gradient_checkpointing" not in advised or keys["finetuning_type"] == "full"  # measured faster there only
+
+    followed = planner(profile, {**yaml_keys, **advised}, precision="fp8")  # a plan that does not fit raises DoesNotFit
+    assert followed.decision.strategy.strategy.name == plan.decision.strategy.strategy.name
+    assert followed.decision.tips == ()
+    if keys.get("gradient_accumulation_steps", 1) > 1:
+        before = keys["per_device_train_batch_size"] * keys["gradient_accumulation_steps"]
+        assert followed.training.micro_batch_size * followed.training.gradient_accumulation_steps == before
+
+
+def test_no_tip_for_bf16_nor_where_the_micro_batch_is_already_large(planner):
+    yaml_keys = {**model("llama-3.1-8b"), "cutoff_len": 2048, **ONE_SEQUENCE_FULL}
+    assert planner("h200", yaml_keys, precision="bf16").decision.tips == ()
+    eight = {**yaml_keys, "per_device_train_batch_size": 8, "disable_gradient_checkpointing": False}
+    assert planner("h200", eight, precision="fp8").decision.tips == ()

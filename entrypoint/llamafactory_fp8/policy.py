@@ -73,6 +73,7 @@ class Decision:
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
     fp8_recipe: str | None = None  # an fp8_recipe.RECIPES name the trainer applies; None: torchao's default
+    tips: tuple[str, ...] = ()  # what the user could change for more speed; never applied
 
     @property
     def accelerate_precision(self) -> str:
@@ -109,10 +110,72 @@ def decide(inspection: Inspection) -> Decision:
     fp8_recipe = RECIPES.get(recipe) if recipe else None
     table = tuple(memory.estimate(model, training, backend, s, world, processes, fp8_recipe) for s in STRATEGIES) if model else ()
     strategy, estimate = _strategy(inspection, given, precision, backend, fp8_recipe, processes, gpu_gib, table, reasons, warnings)
+    tips = _more_tokens_tip(inspection, backend, fp8_recipe, strategy.strategy, gpu_gib, processes)
     return Decision(
         precision, source, backend, "cuda", processes, strategy, estimate, table, gpu_gib, inspection.host_memory_gib,
-        tuple(reasons), tuple(warnings), recipe,
+        tuple(reasons), tuple(warnings), recipe, tips,
     )  # fmt: skip
+
+
+# FP8 gained most with 8 sequences of 2048 per micro-batch, where the optimizer update, the weight casts and the
+# CPU's kernel launches, fixed per step, are shared by the most tokens (bench/README.md, "Third round").
+FP8_BEST_TOKENS_PER_MICRO_BATCH = 8 * 2048
+
+
+def _more_tokens_tip(
+    inspection: Inspection, backend: FP8Backend | None, recipe: Fp8Recipe | None, strategy: Strategy, gpu_gib: float, processes: int
+) -> tuple[str, ...]:
+    """Where FP8 runs with fewer tokens per micro-batch than it gained most at: the largest micro-batch up to that
+    which fits the chosen strategy, with gradient accumulation cut to keep the optimizer's batch where it can be,
+    and, for full fine-tuning (where it was measured faster on both sides), with gradient checkpointing turned on if
+    nothing fits without. Said, not applied: the batch is the user's."""
+    training, model = inspection.training, inspection.model.facts
+    if backend is None or model is None:
+        return ()
+    world = processes * inspection.topology.num_machines
+    largest = FP8_BEST_TOKENS_PER_MICRO_BATCH // max(training.cutoff_len, 1)
+    batches = [2**k for k in range(largest.bit_length(), -1, -1) if training.micro_batch_size < 2**k <= largest]
+    checkpointing = (training.gradient_checkpointing,) + ((True,) if training.finetuning_type == "full" and not training.gradient_checkpointing else ())
+    for batch in batches:
+        accumulation = max(1, training.gradient_accumulation_steps * training.micro_batch_size // batch)
+        for on in checkpointing:
+            config = replace(training, micro_batch_size=batch, gradient_accumulation_steps=accumulation, gradient_checkpointing=on)
+            estimate = memory.estimate(model, config, backend, strategy, world, processes, recipe)
+            if not estimate.fits(gpu_gib, inspection.host_memory_gib):
+                continue
+            keys = [f"per_device_train_batch_size: {batch}"]
+            if accumulation != training.gradient_accumulation_steps:
+                keys.append(f"gradient_accumulation_steps: {accumulation}")
+            if on != training.gradient_checkpointing:
+                keys.append("disable_gradient_checkpointing: false")
+            growth = batch * accumulation / (training.micro_batch_size * training.gradient_accumulation_steps)
+            optimizer = "the same batch" if growth == 1 else f"{growth:g}x the batch"
+            return (
+                f"more tokens per micro-batch let FP8 gain more (measured up to {FP8_BEST_TOKENS_PER_MICRO_BATCH:,}): "
+                f"{', '.join(keys)} fits (~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f}), and the optimizer sees {optimizer}",
+            )
+    return ()
+    world = processes * inspection.topology.num_machines
+    largest = FP8_BEST_TOKENS_PER_MICRO_BATCH // max(training.cutoff_len, 1)
+    batches = [2**k for k in range(largest.bit_length(), -1, -1) if training.micro_batch_size < 2**k <= largest]
+    for batch in batches:
+        for checkpointing in dict.fromkeys((training.gradient_checkpointing, True)):
+            config = replace(training, micro_batch_size=batch, gradient_checkpointing=checkpointing)
+            estimate = memory.estimate(model, config, backend, strategy, world, processes, recipe)
+            if not estimate.fits(gpu_gib, inspection.host_memory_gib):
+                continue
+            factor = batch // training.micro_batch_size
+            turn_on = " and gradient checkpointing (disable_gradient_checkpointing: false)" if checkpointing != training.gradient_checkpointing else ""
+            keep = (
+                f"divide gradient_accumulation_steps by {factor} where it allows, to keep the batch the optimizer sees"
+                if training.gradient_accumulation_steps > 1
+                else f"the optimizer then sees {factor}x the batch"
+            )
+            return (
+                f"FP8 gains more with more tokens per micro-batch (most measured at {FP8_BEST_TOKENS_PER_MICRO_BATCH:,}): "
+                f"per_device_train_batch_size: {batch}{turn_on} fits (~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f}); {keep}",
+            )
+    return ()
 
 
 def _fp8_recipe(inspection: Inspection, backend: FP8Backend | None, reasons: list[str]) -> str | None:

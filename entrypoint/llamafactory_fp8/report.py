@@ -74,6 +74,8 @@ def render_block(plan: LaunchPlan) -> str:
     ]
     if decision.warnings:
         rows.append(("warning", [f"- {warning}" for warning in decision.warnings]))
+    if decision.tips:
+        rows.append(("tip", [f"- {tip}" for tip in decision.tips]))
     if plan.replaced:
         rows.append(("replaces", [f"{key.name}: {key.replaces[0]!r} -> {key.value!r} ({key.source})" for key in plan.replaced]))
     if plan.resume:
