@@ -135,7 +135,9 @@ def _more_tokens_tip(
     world = processes * inspection.topology.num_machines
     largest = FP8_BEST_TOKENS_PER_MICRO_BATCH // max(training.cutoff_len, 1)
     batches = [2**k for k in range(largest.bit_length(), -1, -1) if training.micro_batch_size < 2**k <= largest]
-    checkpointing = (training.gradient_checkpointing,) + ((True,) if training.finetuning_type == "full" and not training.gradient_checkpointing else ())
+    checkpointing = (training.gradient_checkpointing,)
+    if training.finetuning_type == "full" and not training.gradient_checkpointing:
+        checkpointing += (True,)
     for batch in batches:
         accumulation = max(1, training.gradient_accumulation_steps * training.micro_batch_size // batch)
         for on in checkpointing:
@@ -153,27 +155,6 @@ def _more_tokens_tip(
             return (
                 f"more tokens per micro-batch let FP8 gain more (measured up to {FP8_BEST_TOKENS_PER_MICRO_BATCH:,}): "
                 f"{', '.join(keys)} fits (~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f}), and the optimizer sees {optimizer}",
-            )
-    return ()
-    world = processes * inspection.topology.num_machines
-    largest = FP8_BEST_TOKENS_PER_MICRO_BATCH // max(training.cutoff_len, 1)
-    batches = [2**k for k in range(largest.bit_length(), -1, -1) if training.micro_batch_size < 2**k <= largest]
-    for batch in batches:
-        for checkpointing in dict.fromkeys((training.gradient_checkpointing, True)):
-            config = replace(training, micro_batch_size=batch, gradient_checkpointing=checkpointing)
-            estimate = memory.estimate(model, config, backend, strategy, world, processes, recipe)
-            if not estimate.fits(gpu_gib, inspection.host_memory_gib):
-                continue
-            factor = batch // training.micro_batch_size
-            turn_on = " and gradient checkpointing (disable_gradient_checkpointing: false)" if checkpointing != training.gradient_checkpointing else ""
-            keep = (
-                f"divide gradient_accumulation_steps by {factor} where it allows, to keep the batch the optimizer sees"
-                if training.gradient_accumulation_steps > 1
-                else f"the optimizer then sees {factor}x the batch"
-            )
-            return (
-                f"FP8 gains more with more tokens per micro-batch (most measured at {FP8_BEST_TOKENS_PER_MICRO_BATCH:,}): "
-                f"per_device_train_batch_size: {batch}{turn_on} fits (~{estimate.total_gib:.0f} GiB of {gpu_gib:.0f}); {keep}",
             )
     return ()
 
