@@ -134,3 +134,5 @@ def test_inspect_prints_the_estimate_per_strategy(tmp_path):
     assert "does not fit" in ddp
     (chosen,) = [line for line in table if "<- train's choice" in line]
     assert chosen.strip().startswith("FSDP2 ")
+    (tip,) = [line for line in text.splitlines() if line.startswith("  - tip: ")]
+    assert "per_device_train_batch_size: 8" in tip  # 2 x 2048 tokens per micro-batch; 8 fits under FSDP2

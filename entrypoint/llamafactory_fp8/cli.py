@@ -138,6 +138,7 @@ def inspect_command(request: Request, args: argparse.Namespace) -> int:
         return 0
     decision = plan.decision
     print(f"train would choose {describe_decision(decision, plan.topology.num_machines)}")
-    print("\n".join(f"  - {reason}" for reason in decision.reasons + decision.warnings))
+    tips = tuple(f"tip: {tip}" for tip in decision.tips)
+    print("\n".join(f"  - {line}" for line in decision.reasons + decision.warnings + tips))
     print("\n".join(memory_table(decision, plan.installed_strategies)))
     return 0
