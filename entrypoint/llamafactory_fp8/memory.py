@@ -9,9 +9,10 @@ trainable parameters are upcast to fp32 (`init_adapter`, unless `pure_bf16`), fr
 quantized for QLoRA), AdamW keeps two fp32 states per trainable parameter.
 
 The activation and logit coefficients, the fixed term and the allocator's slack were fitted by least squares to
-every committed benchmark (bench/results/*/*.json, one H100, LLaMA-Factory 0.9.5, packing, SDPA attention);
-tests/test_memory.py replays each of those runs through the launcher and checks the estimate against its peak
-reserved memory to within 15%, so a new result that the model does not explain fails there."""
+every committed benchmark (bench/results/*/*.json, one H100 or H200, LLaMA-Factory 0.9.5, packing, SDPA
+attention); tests/test_memory.py replays each of those runs through the launcher and checks the estimate against its
+peak reserved memory to within 15%, and that each run that fit one GPU is planned on one GPU, so a new result that
+the model does not explain fails there."""
 
 from __future__ import annotations
 
