@@ -197,7 +197,6 @@ def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):
     assert fp8_recipe.RECIPE_ENV not in planner("h200", keys, precision="fp8", backend="te").environment
 
 
-
 ADVISED_KEY = re.compile(r"(\w+): (\w+)")
 ONE_SEQUENCE_FULL = {"finetuning_type": "full", "per_device_train_batch_size": 1, "disable_gradient_checkpointing": True}
 TWO_SEQUENCES_LORA = {"finetuning_type": "lora", "lora_target": "all", "per_device_train_batch_size": 2, "disable_gradient_checkpointing": True}
