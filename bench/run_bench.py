@@ -149,11 +149,15 @@ def full_depth_recipes():
     ]
 
 
+# Eight sequences per micro-batch with gradient checkpointing (LLaMA-Factory's default), so that the AdamW step and
+# the per-step weight casts are shared by 8x the tokens. The peak stays the optimizer step's (memory.py's estimate:
+# ~127 GiB at batch 1 or 8).
+FULL_8B_BATCH8 = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6)
+
+
 def full_depth_batch8():
-    """Eight sequences per micro-batch with gradient checkpointing (LLaMA-Factory's default), so that the AdamW step
-    and the per-step weight casts are shared by 8x the tokens: compiled BF16, the product's FP8, and LLaMA-Factory's
-    defaults at the same batch. The peak stays the optimizer step's (memory.py's estimate: ~127 GiB at batch 1 or 8)."""
-    options = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6, profile_steps=1)
+    """Compiled BF16, the product's FP8, and LLaMA-Factory's defaults at FULL_8B_BATCH8, profiled."""
+    options = dict(FULL_8B_BATCH8, profile_steps=1)
     defaults = Case(**dict(options, steps=10, warmup_steps=4), precision="bf16", compile=False,
                     extra=("flash_attn=auto",), label="llamafactory-defaults", expected_s=120)  # fmt: skip
     return [Case(**options, precision="bf16", compile=True, expected_s=150),
@@ -163,7 +167,7 @@ def full_depth_batch8():
 def full_depth_batch8_repeat(shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0):
     """full_depth_batch8's compiled pair again (another machine, another model, or a repeat), with torchao's other
     scalings beside the default tensorwise where `recipes` names them."""
-    options = dict(FULL_8B, shape=shape, batch=8, grad_ckpt=True, steps=20, warmup_steps=6, expected_s=120, repeat=repeat)
+    options = dict(FULL_8B_BATCH8, shape=shape, expected_s=120, repeat=repeat)
     return [Case(**options, precision="bf16", compile=True)] + [
         Case(**options, precision="fp8", compile=True, recipe=recipe) for recipe in recipes
     ]

@@ -50,9 +50,13 @@ def run_bench():
         yield module
 
 
-def log_of(run_bench, path: Path, index: int) -> Path:
-    case = json.loads(path.read_text())["results"][index]["case"]
-    return path.parent / "logs" / f"{run_bench.Case(**{**case, 'extra': tuple(case['extra'])}).name}.log"
+def case_of(run_bench, result: dict):
+    return run_bench.Case(**{**result["case"], "extra": tuple(result["case"]["extra"])})
+
+
+def log_of(run_bench, path: Path, result: dict) -> Path:
+    """The run's own log, beside its results file."""
+    return path.parent / "logs" / f"{case_of(run_bench, result).name}.log"
 
 
 def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
@@ -105,7 +109,7 @@ def replay(path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profil
     --no-memory-check (what a user types for the same YAML)."""
     payload = json.loads(path.read_text())
     result = payload["results"][index]
-    case = run_bench.Case(**{**result["case"], "extra": tuple(result["case"]["extra"])})
+    case = case_of(run_bench, result)
     config = json.loads((BENCH_MODELS / case.shape / "config.json").read_text())
     if case.layers:  # the depth run_bench's build_model gives the random-weight model
         config["num_hidden_layers"] = case.layers
@@ -119,7 +123,7 @@ def replay(path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profil
     if as_a_user:
         args = [arg for arg in args if arg != "--no-memory-check"]
     else:
-        args += ["--strategy", strategy_that_ran(log_of(run_bench, path, index))]
+        args += ["--strategy", strategy_that_ran(log_of(run_bench, path, result))]
 
     nvml_profile(profile_for(payload["environment"]["device"]))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
@@ -144,8 +148,8 @@ with bench_module() as _run_bench:  # every run that trained to its end on one d
     FITTED_ONE_GPU = [
         (path, index)
         for path, index in MEASURED
-        if json.loads(path.read_text())["results"][index]["exit_code"] == 0
-        and strategy_that_ran(log_of(_run_bench, path, index)) == "ddp"
+        if (result := json.loads(path.read_text())["results"][index])["exit_code"] == 0
+        and strategy_that_ran(log_of(_run_bench, path, result)) == "ddp"
     ]
 
 

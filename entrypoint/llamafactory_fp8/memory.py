@@ -187,8 +187,8 @@ def _activations(
     per_hidden = ACTIVATION_BYTES_PER_HIDDEN + (FP32_STREAM_BYTES_PER_HIDDEN if fp32_stream else 0.0)
     per_layer = tokens * (per_hidden * model.hidden_size + ACTIVATION_BYTES_PER_INTERMEDIATE * model.intermediate_size)
     if backend is not None:
-        factor = recipe.activation_factor if recipe is not None and recipe.activation_factor is not None else None
-        per_layer *= backend.activation_factor if factor is None else factor
+        by_recipe = recipe.activation_factor if recipe is not None else None
+        per_layer *= backend.activation_factor if by_recipe is None else by_recipe
     if training.gradient_checkpointing:
         # each layer keeps only its input (in the fp32 stream where it runs), and one layer's activations are
         # recomputed at a time
