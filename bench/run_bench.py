@@ -164,10 +164,10 @@ def full_depth_batch8():
             Case(**options, precision="fp8", compile=True, expected_s=180), defaults]  # fmt: skip
 
 
-def full_depth_batch8_repeat(shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0):
+def full_depth_batch8_repeat(shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0, profile_steps: int = 0):
     """full_depth_batch8's compiled pair again (another machine, another model, or a repeat), with torchao's other
     scalings beside the default tensorwise where `recipes` names them."""
-    options = dict(FULL_8B_BATCH8, shape=shape, expected_s=120, repeat=repeat)
+    options = dict(FULL_8B_BATCH8, shape=shape, expected_s=120, repeat=repeat, profile_steps=profile_steps)
     return [Case(**options, precision="bf16", compile=True)] + [
         Case(**options, precision="fp8", compile=True, recipe=recipe) for recipe in recipes
     ]
@@ -237,6 +237,8 @@ PLANS = {
     # the power-of-2 FP8 run alone again, short, to fit the session's last device minutes
     "pow2-repeat": [replace(full_depth_batch8_repeat(recipes=("tensorwise-pow2",), repeat=3)[1], steps=12, warmup_steps=4, expected_s=90)],
     "lora-batch8": lora_8b_batch8(),
+    # after the trainer's causal-attention fix (entrypoint/llamafactory_fp8/causal_attention.py): profiled
+    "causal-batch8": full_depth_batch8_repeat(recipes=(None, "tensorwise-pow2"), profile_steps=1),
     "batch8-defaults": full_depth_batch8()[2:],  # ran out of GPU memory: results/batch8-defaults-oom/
     "batch4-defaults": [replace(full_depth_batch8()[2], batch=4)],  # the largest power-of-2 batch the defaults fit
     "memory": memory_points(),

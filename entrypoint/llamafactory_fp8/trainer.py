@@ -99,12 +99,13 @@ def describe_failure(error: BaseException) -> str:
 def run_worker() -> None:
     faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
     let_accelerate_find_te_fp8()
-    from . import fp8_recipe
+    from . import causal_attention, fp8_recipe
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
     from .step_profiler import profiler_from_environment
     from .stop_request import StopFiles
 
     fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
+    causal_attention.install()
     let_torch_load_cpu_rank_tensors()
     give_collectives_their_timeout()
     reporter = reporter_from_environment()
@@ -114,9 +115,10 @@ def run_worker() -> None:
 
     files = StopFiles.from_environment()
     stop = CheckpointAndStopOnRequest(files) if files else None
-    callbacks = [callback for callback in (stop, reporter and ReportProgress(reporter, stop)) if callback]
+    callbacks = [causal_attention.KeepMaskUnlessRightPadded()]
+    callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop)) if callback]
     try:
-        run_exp(callbacks=callbacks + profiler_from_environment() or None)
+        run_exp(callbacks=callbacks + profiler_from_environment())
     except SystemExit as leaving:
         if reporter is not None:
             reporter.end(STOPPED if leaving.code in (0, None) else f"{FAILED}exit {leaving.code}")
