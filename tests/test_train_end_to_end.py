@@ -32,6 +32,7 @@ def test_demo_trains_and_loss_goes_down(tmp_path, finetuning, extra, weights, mi
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "BF16 on cpu, 1 process" in result.stdout
     assert f"building the demo model at {model_dir}" in result.stdout
+    assert "attention: SDPA causal kernel for training batches" in result.stdout + result.stderr
     curve = losses(output_dir)
     assert len(curve) >= 10
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
