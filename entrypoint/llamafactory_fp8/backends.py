@@ -37,10 +37,10 @@ TORCHAO = FP8Backend(
     # parity,large,te,lora}); tests/test_memory.py checks each.
     activation_factor=0.63,
     why="Float8Linear with tensorwise scaling, compiled with torch.compile (it is slower uncompiled)",
-    # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default, lora-batch8): FP8 on the frozen base
-    # layers only ran faster than BF16, the default (the rank-16 adapters converted too) slower. Full fine-tuning
-    # keeps torchao's tensorwise default: power-of-2 scales ran faster once (pow2-batch8), not yet repeated, and
-    # rowwise slower (recipes-batch8).
+    # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default, lora-batch8, causal-lora-batch8): FP8 on
+    # the frozen base layers only ran faster than BF16, the default (the rank-16 adapters converted too) slower. Full
+    # fine-tuning keeps torchao's tensorwise default: power-of-2 scales ran 2% faster twice (pow2-batch8,
+    # causal-batch8) but their loss over a long run is unchecked, and rowwise ran slower (recipes-batch8).
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
 )

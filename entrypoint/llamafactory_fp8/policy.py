@@ -35,10 +35,10 @@ BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
 # compiled against BF16 compiled, through this product, with the recipe the backend record applies;
 # tests/test_policy.py holds this rule to each) has FP8 ahead: least at the smallest shape measured, 0.51B parameters
 # (`smoke`, `repeat`), by 5% or more from 1.24B (`small`), most at full depth with 8 sequences per step
-# (`full-batch8`, `qwen-batch8`, `lora-batch8`). Keeping BF16 below 1.24B would leave the 0.51B shape's gain, past
-# the 3% auto may lose, on the table; so each threshold sits at the smallest shape measured, and sizes below it,
-# never measured and where FP8's gain shrinks with size, stay in BF16. LoRA is measured at 8B only (`lora-depth`,
-# `lora-batch8`). Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
+# (`causal-batch8`, `causal-repeat`, `causal-lora-batch8`, with the trainer's causal-attention fix). Keeping BF16
+# below 1.24B would leave the 0.51B shape's gain, past the 3% auto may lose, on the table; so each threshold sits at
+# the smallest shape measured, and sizes below it, never measured and where FP8's gain shrinks with size, stay in
+# BF16. LoRA is measured at 8B only (`lora-depth`, `lora-batch8`, `causal-lora-batch8`). Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
 AUTO_FP8_MIN_PARAMETERS = {"full": 0.5e9, "freeze": 0.5e9, "lora": 8.0e9, "oft": 8.0e9}
 
 
@@ -118,7 +118,8 @@ def decide(inspection: Inspection) -> Decision:
 
 
 # FP8 gained most with 8 sequences of 2048 per micro-batch, where the optimizer update, the weight casts and the
-# CPU's kernel launches, fixed per step, are shared by the most tokens (bench/README.md, "Third round").
+# CPU's kernel launches, fixed per step, are shared by the most tokens (bench/README.md, "Third round" and
+# "Fourth round").
 FP8_BEST_TOKENS_PER_MICRO_BATCH = 8 * 2048
 
 
