@@ -32,7 +32,7 @@ def _causal_sdpa_mask(*args, **kwargs):
         and kwargs.get("kv_offset", 0) == 0
         and kwargs.get("q_length") == kwargs.get("kv_length")
     )
-    if not args and plain_causal_training:
+    if plain_causal_training and not args:  # Transformers passes every argument by name
         return None  # sdpa_attention_forward passes is_causal=True for a missing mask
     return sdpa_mask(*args, **kwargs)
 
@@ -58,5 +58,8 @@ class KeepMaskUnlessRightPadded(TrainerCallback):
         if padding_side != "right":
             uninstall()
         if state.is_world_process_zero:
-            kept = f"Transformers' mask kept: the tokenizer pads on the {padding_side}"
-            print(f"attention: {'SDPA causal kernel for training batches' if padding_side == 'right' else kept}", file=sys.stderr, flush=True)
+            if padding_side == "right":
+                said = "SDPA causal kernel for training batches"
+            else:
+                said = f"Transformers' mask kept: the tokenizer pads on the {padding_side}"
+            print(f"attention: {said}", file=sys.stderr, flush=True)

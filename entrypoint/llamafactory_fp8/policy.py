@@ -38,7 +38,8 @@ BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
 # (`causal-batch8`, `causal-repeat`, `causal-lora-batch8`, with the trainer's causal-attention fix). Keeping BF16
 # below 1.24B would leave the 0.51B shape's gain, past the 3% auto may lose, on the table; so each threshold sits at
 # the smallest shape measured, and sizes below it, never measured and where FP8's gain shrinks with size, stay in
-# BF16. LoRA is measured at 8B only (`lora-depth`, `lora-batch8`, `causal-lora-batch8`). Freeze-tuning is not measured and follows full fine-tuning; OFT follows LoRA.
+# BF16. LoRA is measured at 8B only (`lora-depth`, `lora-batch8`, `causal-lora-batch8`). Freeze-tuning is not
+# measured and follows full fine-tuning; OFT follows LoRA.
 AUTO_FP8_MIN_PARAMETERS = {"full": 0.5e9, "freeze": 0.5e9, "lora": 8.0e9, "oft": 8.0e9}
 
 
