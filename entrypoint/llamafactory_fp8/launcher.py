@@ -100,7 +100,9 @@ def launch(plan: LaunchPlan) -> int:
         print(f"llamafactory-fp8: {describe_stop(answer)}", file=sys.stderr, flush=True)
     elif exit_code != 0 and not (stop_files.asked() and exit_code > 128):  # not a second signal's doing
         exit_code, words = explain_failure(read_all(ranks), plan.output_dir, plan.topology)
-        print(f"llamafactory-fp8: {words} (exit {exit_code})", file=sys.stderr, flush=True)
+        line = f"llamafactory-fp8: {words} (exit {exit_code})"
+        killed = exit_code > 128  # its progress bar is left mid-line: the launcher's line starts a new one
+        print("\n" + line if killed else line, file=sys.stderr, flush=True)
     try:
         write_record(outcome(exit_code), plan.run_record)
     except OSError:
