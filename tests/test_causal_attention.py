@@ -120,3 +120,11 @@ def test_a_tokenizer_that_pads_on_the_left_keeps_transformers_mask(installed, sd
     llama()(**right_padded_batch()).loss.backward()
     assert sdpa_calls == [(True, False)] * 2
     assert "mask kept: the tokenizer pads on the left" in capsys.readouterr().err
+
+
+def test_the_log_names_another_attention_as_what_it_is(capsys):
+    guard = causal_attention.KeepMaskUnlessRightPadded()
+    state = SimpleNamespace(is_world_process_zero=True)
+    model = LlamaForCausalLM(LlamaConfig(**{**SHAPE, "attn_implementation": "eager"}))
+    guard.on_train_begin(None, state, None, model=model, processing_class=SimpleNamespace(padding_side="right"))
+    assert capsys.readouterr().err == "attention: eager, with Transformers' own masks\n"

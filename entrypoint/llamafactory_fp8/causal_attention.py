@@ -50,15 +50,19 @@ def uninstall() -> None:
 
 
 class KeepMaskUnlessRightPadded(TrainerCallback):
-    """The guard behind the argument above: a run whose tokenizer pads on the left keeps Transformers' mask."""
+    """The guard behind the argument above: a run whose tokenizer pads on the left keeps Transformers' mask. The
+    log line says which attention the run got: the fix reaches only models that attend through SDPA."""
 
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps its tokenizer
         padding_side = getattr(tokenizer, "padding_side", "right")
         if padding_side != "right":
             uninstall()
         if state.is_world_process_zero:
-            if padding_side == "right":
+            attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+            if attention != "sdpa":
+                said = f"{attention}, with Transformers' own masks"
+            elif padding_side == "right":
                 said = "SDPA causal kernel for training batches"
             else:
                 said = f"Transformers' mask kept: the tokenizer pads on the {padding_side}"
