@@ -1,9 +1,9 @@
 """Helpers of bench/image_on_gpu.sh, which carries the image's locked wheels to the GPU machine.
 
-  differing FREEZE  the [image] section of docker/requirements.lock, less the pins FREEZE already holds at the
-                    locked version (`pip list --format=freeze` on the GPU machine)
-  split DIR         spread DIR's files over DIR/part1, part2, ... of at most 60 MB each (a call carries 64 MiB,
-                    the repository included), largest first, each into the first part with room
+differing FREEZE  the [image] section of docker/requirements.lock, less the pins FREEZE already holds at the
+                  locked version (`pip list --format=freeze` on the GPU machine)
+split DIR         spread DIR's files over DIR/part1, part2, ... of at most 60 MB each (a call carries 64 MiB,
+                  the repository included), largest first, each into the first part with room
 """
 
 import sys

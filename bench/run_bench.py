@@ -106,15 +106,23 @@ class Result:
 
 
 def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=(), repeat=0, **options):
-    cases = [Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra, repeat=repeat, **options) for p in ("bf16", "fp8")]
+    cases = [
+        Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra, repeat=repeat, **options)
+        for p in ("bf16", "fp8")
+    ]
     if bf16_eager:
-        cases.insert(0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra, repeat=repeat, **options))
+        cases.insert(
+            0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra, repeat=repeat, **options)
+        )
     return cases
 
 
 def transformer_engine_side_by_side(shape, layers, steps=30):
     """TE runs eager (its delayed scaling refuses torch.compile): compare it with BF16 both ways and with torchao."""
-    eager = [Case(shape, layers, "full", "bf16", False, steps), Case(shape, layers, "full", "fp8", False, steps, backend="te")]
+    eager = [
+        Case(shape, layers, "full", "bf16", False, steps),
+        Case(shape, layers, "full", "fp8", False, steps, backend="te"),
+    ]
     return eager + pairs(shape, layers, "full", steps=steps)
 
 
@@ -129,8 +137,17 @@ def full_depth_8b():
     """Compiled BF16 against the product's FP8 (torchao tensorwise, compiled), each profiled after its timed steps,
     then LLaMA-Factory's defaults (BF16, eager, gradient checkpointing)."""
     compiled = pairs(**FULL_8B, profile_steps=2, expected_s=150)
-    defaults = Case(**FULL_8B, precision="bf16", compile=False, grad_ckpt=True, warmup_steps=5, profile_steps=1,
-                    extra=("flash_attn=auto",), label="llamafactory-defaults", expected_s=60)  # fmt: skip
+    defaults = Case(
+        **FULL_8B,
+        precision="bf16",
+        compile=False,
+        grad_ckpt=True,
+        warmup_steps=5,
+        profile_steps=1,
+        extra=("flash_attn=auto",),
+        label="llamafactory-defaults",
+        expected_s=60,
+    )
     return [compiled[0], replace(compiled[1], expected_s=240), defaults]
 
 
@@ -138,14 +155,17 @@ def full_depth_200(shape: str, profile_steps: int):
     """Compiled BF16 against the product's FP8 at full depth for 200 steps on real text: the speed pair again and
     the loss at step 200, profiled for `profile_steps` after the timed ones."""
     options = dict(FULL_8B, shape=shape, steps=200, profile_steps=profile_steps)
-    return [Case(**options, precision="bf16", compile=True, expected_s=200),
-            Case(**options, precision="fp8", compile=True, expected_s=330)]  # fmt: skip
+    return [
+        Case(**options, precision="bf16", compile=True, expected_s=200),
+        Case(**options, precision="fp8", compile=True, expected_s=330),
+    ]
 
 
 def full_depth_recipes():
     """torchao's other scalings at the 8B's full depth, beside compiled BF16 and the default tensorwise."""
     return [Case(**FULL_8B, precision="bf16", compile=True, expected_s=150)] + [
-        Case(**FULL_8B, precision="fp8", compile=True, recipe=recipe, expected_s=240) for recipe in ("rowwise", "tensorwise-pow2")
+        Case(**FULL_8B, precision="fp8", compile=True, recipe=recipe, expected_s=240)
+        for recipe in ("rowwise", "tensorwise-pow2")
     ]
 
 
@@ -158,13 +178,24 @@ FULL_8B_BATCH8 = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6
 def full_depth_batch8():
     """Compiled BF16, the product's FP8, and LLaMA-Factory's defaults at FULL_8B_BATCH8, profiled."""
     options = dict(FULL_8B_BATCH8, profile_steps=1)
-    defaults = Case(**dict(options, steps=10, warmup_steps=4), precision="bf16", compile=False,
-                    extra=("flash_attn=auto",), label="llamafactory-defaults", expected_s=120)  # fmt: skip
-    return [Case(**options, precision="bf16", compile=True, expected_s=150),
-            Case(**options, precision="fp8", compile=True, expected_s=180), defaults]  # fmt: skip
+    defaults = Case(
+        **dict(options, steps=10, warmup_steps=4),
+        precision="bf16",
+        compile=False,
+        extra=("flash_attn=auto",),
+        label="llamafactory-defaults",
+        expected_s=120,
+    )
+    return [
+        Case(**options, precision="bf16", compile=True, expected_s=150),
+        Case(**options, precision="fp8", compile=True, expected_s=180),
+        defaults,
+    ]
 
 
-def full_depth_batch8_repeat(shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0, profile_steps: int = 0):
+def full_depth_batch8_repeat(
+    shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0, profile_steps: int = 0
+):
     """full_depth_batch8's compiled pair again (another machine, another model, or a repeat), with torchao's other
     scalings beside the default tensorwise where `recipes` names them."""
     options = dict(FULL_8B_BATCH8, shape=shape, expected_s=120, repeat=repeat, profile_steps=profile_steps)
@@ -182,22 +213,36 @@ def lora_8b(grad_ckpt: bool):
     """BF16 against FP8 on the frozen base layers only (lora-base) and the product's default FP8 (every linear
     layer but the first and last, adapters included). Profiled, to count the GEMMs per step."""
     options = dict(LORA_8B, steps=30, profile_steps=2, grad_ckpt=grad_ckpt, expected_s=150)
-    return [Case(**options, precision="bf16", compile=True),
-            Case(**options, precision="fp8", compile=True, recipe="lora-base"), Case(**options, precision="fp8", compile=True)]  # fmt: skip
+    return [
+        Case(**options, precision="bf16", compile=True),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base"),
+        Case(**options, precision="fp8", compile=True),
+    ]
 
 
 def lora_8b_batch8():
     """LoRA at eight sequences per step, no checkpointing (~104 GiB by the two-sequence runs, so an H200): the
     launch gap that held lora-base to 1.085x at two sequences is shared by 4x the GPU work."""
     options = dict(LORA_8B, batch=8, steps=20, warmup_steps=6, profile_steps=1, expected_s=200)
-    return [Case(**options, precision="bf16", compile=True), Case(**options, precision="fp8", compile=True, recipe="lora-base")]
+    return [
+        Case(**options, precision="bf16", compile=True),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base"),
+    ]
 
 
 def memory_points():
     """Peak memory for issue 11's memory model: LoRA at three ranks, freeze, QLoRA, gradient checkpointing on and
     off, batch 1, 2 and 4. BF16 eager (what the product runs when it keeps BF16); several at a time."""
-    one = dict(shape="llama-3.2-1b", layers=None, compile=False, precision="bf16", steps=5, warmup_steps=0,
-               profile_steps=1, memory_only=True)  # fmt: skip
+    one = dict(
+        shape="llama-3.2-1b",
+        layers=None,
+        compile=False,
+        precision="bf16",
+        steps=5,
+        warmup_steps=0,
+        profile_steps=1,
+        memory_only=True,
+    )
     lora = dict(one, finetuning="lora", grad_ckpt=True)
     return [
         Case(**one, finetuning="full", batch=4, grad_ckpt=False),
@@ -220,7 +265,8 @@ PLANS = {
     "lora": pairs("llama-3.1-8b", None, "lora", steps=30, batch=2, extra=(*LORA_ALL, "lora_rank=16"), grad_ckpt=True),
     "parity": pairs("llama-3.2-1b", None, "full", steps=200),
     # the smallest measured pair again, twice, the second in the other order, to see the noise
-    "repeat": pairs("llama-3.2-1b", 4, "full", steps=20, repeat=1) + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
+    "repeat": pairs("llama-3.2-1b", 4, "full", steps=20, repeat=1)
+    + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
     "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
     "full-depth": full_depth_8b(),
@@ -229,20 +275,26 @@ PLANS = {
     "recipes": full_depth_recipes(),
     "lora-depth": lora_8b(grad_ckpt=False),
     "lora-ckpt": lora_8b(grad_ckpt=True),
-    "lora-default": lora_8b(grad_ckpt=False)[2:],  # the product's default FP8 alone: its compile outlasts a call beside the others
+    "lora-default": lora_8b(grad_ckpt=False)[
+        2:
+    ],  # the product's default FP8 alone: its compile outlasts a call beside the others
     "full-batch8": full_depth_batch8(),
     "recipes-batch8": full_depth_batch8_repeat(recipes=(None, "rowwise", "tensorwise-pow2"), repeat=1),
     "qwen-batch8": full_depth_batch8_repeat("qwen2.5-7b"),
     "pow2-batch8": full_depth_batch8_repeat(recipes=("tensorwise-pow2", "rowwise-gw-hp"), repeat=2),
     # the power-of-2 FP8 run alone again, short, to fit the session's last device minutes
-    "pow2-repeat": [replace(full_depth_batch8_repeat(recipes=("tensorwise-pow2",), repeat=3)[1], steps=12, warmup_steps=4, expected_s=90)],
+    "pow2-repeat": [
+        replace(
+            full_depth_batch8_repeat(recipes=("tensorwise-pow2",), repeat=3)[1], steps=12, warmup_steps=4, expected_s=90
+        )
+    ],
     "lora-batch8": lora_8b_batch8(),
     # after the trainer's causal-attention fix (entrypoint/llamafactory_fp8/causal_attention.py): profiled
     "causal-batch8": full_depth_batch8_repeat(recipes=(None, "tensorwise-pow2"), profile_steps=1),
     "batch8-defaults": full_depth_batch8()[2:],  # ran out of GPU memory: results/batch8-defaults-oom/
     "batch4-defaults": [replace(full_depth_batch8()[2], batch=4)],  # the largest power-of-2 batch the defaults fit
     "memory": memory_points(),
-}  # fmt: skip
+}
 
 
 def build_corpus(work: Path, megabytes: float) -> Path:
@@ -259,7 +311,9 @@ def build_corpus(work: Path, megabytes: float) -> Path:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "corpus.json").write_text(json.dumps(chunks))
-    (data / "dataset_info.json").write_text(json.dumps({"bench_corpus": {"file_name": "corpus.json", "columns": {"prompt": "text"}}}))
+    (data / "dataset_info.json").write_text(
+        json.dumps({"bench_corpus": {"file_name": "corpus.json", "columns": {"prompt": "text"}}})
+    )
     return data
 
 
@@ -282,7 +336,9 @@ def build_model(work: Path, shape: str, layers: int | None, tokenizer_dir: Path)
     """In a child process, so that this one never holds a CUDA context the runs would lose memory to."""
     out = model_dir(work, shape, layers)
     if not (out / "config.json").exists():
-        child = multiprocessing.get_context("spawn").Process(target=_save_random_model, args=(out, shape, layers, tokenizer_dir))
+        child = multiprocessing.get_context("spawn").Process(
+            target=_save_random_model, args=(out, shape, layers, tokenizer_dir)
+        )
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -316,20 +372,34 @@ def model_facts(shape: str, layers: int | None) -> dict:
     from llamafactory_fp8.model_facts import estimate_parameters
 
     config = model_config(shape, layers)
-    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings")  # fmt: skip
+    keys = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "tie_word_embeddings",
+    )
     return {**{key: config.get(key) for key in keys}, "parameters_estimated": estimate_parameters(config)}
 
 
 def training_keys(case: Case, model: Path, data: Path, output_dir: Path) -> dict[str, str]:
     """The key=value overrides this case passes to `llamafactory-fp8 train` (the launcher adds the precision's keys)."""
     keys = {
-        "model_name_or_path": str(model), "output_dir": str(output_dir), "dataset_dir": str(data),
-        "finetuning_type": case.finetuning, "max_steps": str(case.max_steps),
-        "per_device_train_batch_size": str(case.batch), "gradient_accumulation_steps": str(case.grad_accum),
-        "cutoff_len": str(case.seq), "torch_compile": "true" if case.compile else "false",
+        "model_name_or_path": str(model),
+        "output_dir": str(output_dir),
+        "dataset_dir": str(data),
+        "finetuning_type": case.finetuning,
+        "max_steps": str(case.max_steps),
+        "per_device_train_batch_size": str(case.batch),
+        "gradient_accumulation_steps": str(case.grad_accum),
+        "cutoff_len": str(case.seq),
+        "torch_compile": "true" if case.compile else "false",
         "disable_gradient_checkpointing": "false" if case.grad_ckpt else "true",
-    }  # fmt: skip
+    }
     keys.update(item.split("=", 1) for item in case.extra)
     return keys
 
@@ -355,13 +425,24 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
     args = [
         # the bench measures what each case takes on one GPU: the launcher's estimate must not refuse a case, nor move
         # it to CPU offload (as it did in results/batch8-offloaded/)
-        sys.executable, "-m", "llamafactory_fp8", "train", str(BENCH_YAML), f"--{case.precision}",
-        "--no-memory-check", "--strategy", "ddp",
+        sys.executable,
+        "-m",
+        "llamafactory_fp8",
+        "train",
+        str(BENCH_YAML),
+        f"--{case.precision}",
+        "--no-memory-check",
+        "--strategy",
+        "ddp",
         *(("--backend", case.backend) if case.precision == "fp8" else ()),
         *(f"{key}={value}" for key, value in keys.items()),
-    ]  # fmt: skip
-    env = {**os.environ, "RECORD_VRAM": "1", "LLAMAFACTORY_FP8_STATE_DIR": str(state_dir),
-           "HF_DATASETS_CACHE": str(work / "datasets" / case.name)}  # fmt: skip
+    ]
+    env = {
+        **os.environ,
+        "RECORD_VRAM": "1",
+        "LLAMAFACTORY_FP8_STATE_DIR": str(state_dir),
+        "HF_DATASETS_CACHE": str(work / "datasets" / case.name),
+    }
     if case.recipe:
         env["LLAMAFACTORY_FP8_RECIPE"] = case.recipe
     if case.profile_steps:
@@ -373,7 +454,11 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
         result.exit_code, log = completed.returncode, completed.stdout + completed.stderr
     except subprocess.TimeoutExpired as expired:
         stop_trainer(state_dir)
-        log = _text(expired.stdout) + _text(expired.stderr) + f"\nrun_bench: stopped at the deadline, after {timeout_s:.0f} s\n"
+        log = (
+            _text(expired.stdout)
+            + _text(expired.stderr)
+            + f"\nrun_bench: stopped at the deadline, after {timeout_s:.0f} s\n"
+        )
         result.error = "stopped at the deadline"
     result.wall_s = round(time.time() - started, 1)
     (log_dir / f"{case.name}.log").write_text(log)
@@ -400,7 +485,9 @@ def read_outcome(result: Result, log: str, output_dir: Path) -> None:
     result.fp8_layers = (int(found[1]), int(found[2])) if found else None
     counted = PARAMETERS.search(log)
     if counted:
-        result.model["trainable_parameters"], result.model["parameters"] = (int(n.replace(",", "")) for n in counted.groups())
+        result.model["trainable_parameters"], result.model["parameters"] = (
+            int(n.replace(",", "")) for n in counted.groups()
+        )
 
 
 def stop_trainer(state_dir: Path) -> None:
@@ -420,7 +507,11 @@ def _text(output: str | bytes | None) -> str:
 def steady_tokens_per_s(records: list[dict], warmup_steps: int) -> float | None:
     """LLaMA-Factory logs cumulative tokens and cumulative throughput; their ratio is the elapsed time, so the
     rate between the first log after warm-up and the last excludes compilation and warm-up."""
-    timed = [(r["current_steps"], r["total_tokens"], r["total_tokens"] / r["throughput"]) for r in records if r.get("throughput")]
+    timed = [
+        (r["current_steps"], r["total_tokens"], r["total_tokens"] / r["throughput"])
+        for r in records
+        if r.get("throughput")
+    ]
     after = [t for t in timed if t[0] >= warmup_steps]
     if len(after) < 2:
         return None
@@ -473,8 +564,12 @@ def breakdown(profile: dict) -> dict:
         "ms_per_step": {group: round(ms, 2) for group, ms in sorted(groups.items(), key=lambda item: -item[1])},
         "gemm_calls_per_step": {kind: count // steps for kind, count in gemm_calls.items()},
         "top_kernels": [
-            {"name": k["name"], "group": kernel_group(k["name"]), "ms_per_step": round(k["total_us"] / 1000 / steps, 2),
-             "calls_per_step": k["calls"] // steps}
+            {
+                "name": k["name"],
+                "group": kernel_group(k["name"]),
+                "ms_per_step": round(k["total_us"] / 1000 / steps, 2),
+                "calls_per_step": k["calls"] // steps,
+            }
             for k in sorted(profile["kernels"], key=lambda k: -k["total_us"])[:TOP_KERNELS]
         ],
     }
@@ -483,7 +578,16 @@ def breakdown(profile: dict) -> dict:
 def environment() -> dict:
     """Read through NVML and package metadata: importing torch.cuda here would hold GPU memory all along."""
     versions = {}
-    for package in ("torch", "torchao", "transformer_engine", "accelerate", "transformers", "llamafactory", "peft", "bitsandbytes"):
+    for package in (
+        "torch",
+        "torchao",
+        "transformer_engine",
+        "accelerate",
+        "transformers",
+        "llamafactory",
+        "peft",
+        "bitsandbytes",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -507,15 +611,26 @@ def ratio_table(results: list[Result]) -> list[dict]:
     against LLaMA-Factory's defaults (BF16 eager with gradient checkpointing) of the same family."""
     rows = []
     bf16 = {(r.case.pair, r.case.compile): r for r in results if r.case.precision == "bf16" and r.tokens_per_s}
-    defaults = {r.case.family: r for r in results if r.case.precision == "bf16" and not r.case.compile and r.case.grad_ckpt and r.tokens_per_s}
+    defaults = {
+        r.case.family: r
+        for r in results
+        if r.case.precision == "bf16" and not r.case.compile and r.case.grad_ckpt and r.tokens_per_s
+    }
     for r in results:
         if r.case.precision != "fp8":
             continue
         row = {
-            "pair": r.case.pair, "shape": r.case.shape, "layers": r.case.layers, "finetuning": r.case.finetuning,
-            "backend": r.case.backend, "recipe": r.case.recipe, "compile": r.case.compile, "repeat": r.case.repeat,
-            "fp8_layers": r.fp8_layers, "fp8_tokens_per_s": r.tokens_per_s,
-        }  # fmt: skip
+            "pair": r.case.pair,
+            "shape": r.case.shape,
+            "layers": r.case.layers,
+            "finetuning": r.case.finetuning,
+            "backend": r.case.backend,
+            "recipe": r.case.recipe,
+            "compile": r.case.compile,
+            "repeat": r.case.repeat,
+            "fp8_layers": r.fp8_layers,
+            "fp8_tokens_per_s": r.tokens_per_s,
+        }
         for compiled, label in ((True, "compiled"), (False, "eager")):
             base = bf16.get((r.case.pair, compiled))
             if base and r.tokens_per_s:
@@ -526,7 +641,9 @@ def ratio_table(results: list[Result]) -> list[dict]:
         same = bf16.get((r.case.pair, r.case.compile))
         if same and r.tokens_per_s:
             row["bf16_tokens_per_s"] = same.tokens_per_s
-            row["memory_ratio"] = round(r.peak_allocated_gib / same.peak_allocated_gib, 3) if same.peak_allocated_gib else None
+            row["memory_ratio"] = (
+                round(r.peak_allocated_gib / same.peak_allocated_gib, 3) if same.peak_allocated_gib else None
+            )
             common = sorted(set(r.losses) & set(same.losses))
             if common:
                 last = common[-1]
@@ -542,9 +659,11 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
         "",
         f"Command: `{command}`",
         "",
-        f"Driver {env['driver']}, CUDA {env['cuda_driver']}; " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
+        f"Driver {env['driver']}, CUDA {env['cuda_driver']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
         "",
-        "| run | exit | tokens/s | peak alloc GiB | peak reserved GiB | FP8 layers | trainable / all params | loss (last step) | wall s |",
+        "| run | exit | tokens/s | peak alloc GiB | peak reserved GiB | FP8 layers | trainable / all params "
+        "| loss (last step) | wall s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -556,13 +675,19 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
             f"{last and r.losses[last]} | {r.wall_s} |"
         )
     if rows:
-        lines += ["", "| FP8 run | FP8 / BF16 compiled | FP8 / BF16 eager | FP8 / LLaMA-Factory defaults | memory FP8 / BF16 | loss rel. diff (step) |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| FP8 run | FP8 / BF16 compiled | FP8 / BF16 eager | FP8 / LLaMA-Factory defaults | memory FP8 / BF16 "
+            "| loss rel. diff (step) |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in rows:
-            label = f"{row['pair']} {row['backend']}{' ' + row['recipe'] if row['recipe'] else ''} {'compiled' if row['compile'] else 'eager'}"
+            recipe = f" {row['recipe']}" if row["recipe"] else ""
+            label = f"{row['pair']} {row['backend']}{recipe} {'compiled' if row['compile'] else 'eager'}"
             lines.append(
                 f"| {label} | {row.get('speedup_vs_bf16_compiled')} | {row.get('speedup_vs_bf16_eager')} | "
-                f"{row.get('speedup_vs_llamafactory_defaults')} | {row.get('memory_ratio')} | {row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
+                f"{row.get('speedup_vs_llamafactory_defaults')} | {row.get('memory_ratio')} | "
+                f"{row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
             )
     lines += breakdown_markdown(results)
     return "\n".join(lines) + "\n"
@@ -575,18 +700,39 @@ def breakdown_markdown(results: list[Result]) -> list[str]:
     if not profiled:
         return []
     groups = sorted({group for r in profiled for group in r.breakdown["ms_per_step"]})
-    lines = ["", "Per optimizer step, from torch.profiler (ms; kernel time by group, then wall and the gap between them):", "",
-             "| group | " + " | ".join(r.case.name for r in profiled) + " |", "|---|" + "---|" * len(profiled)]  # fmt: skip
+    lines = [
+        "",
+        "Per optimizer step, from torch.profiler (ms; kernel time by group, then wall and the gap between them):",
+        "",
+        "| group | " + " | ".join(r.case.name for r in profiled) + " |",
+        "|---|" + "---|" * len(profiled),
+    ]
     for group in groups:
-        lines.append(f"| {group} | " + " | ".join(str(r.breakdown["ms_per_step"].get(group, 0)) for r in profiled) + " |")
+        lines.append(
+            f"| {group} | " + " | ".join(str(r.breakdown["ms_per_step"].get(group, 0)) for r in profiled) + " |"
+        )
     for key in ("kernel_ms_per_step", "wall_ms_per_step", "gap_ms_per_step"):
         lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(str(r.breakdown[key]) for r in profiled) + " |")
-    lines.append("| GEMM calls per step (BF16 / FP8) | " + " | ".join(
-        f"{r.breakdown['gemm_calls_per_step']['bf16']} / {r.breakdown['gemm_calls_per_step']['fp8']}" for r in profiled) + " |")  # fmt: skip
+    lines.append(
+        "| GEMM calls per step (BF16 / FP8) | "
+        + " | ".join(
+            f"{r.breakdown['gemm_calls_per_step']['bf16']} / {r.breakdown['gemm_calls_per_step']['fp8']}"
+            for r in profiled
+        )
+        + " |"
+    )
     for r in profiled:
-        lines += ["", f"Top kernels, {r.case.name} (ms and calls per step; names shortened):", "",
-                  "| ms | calls | group | kernel |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {k['ms_per_step']} | {k['calls_per_step']} | {k['group']} | `{short_kernel_name(k['name'])}` |" for k in r.breakdown["top_kernels"]]
+        lines += [
+            "",
+            f"Top kernels, {r.case.name} (ms and calls per step; names shortened):",
+            "",
+            "| ms | calls | group | kernel |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k['ms_per_step']} | {k['calls_per_step']} | {k['group']} | `{short_kernel_name(k['name'])}` |"
+            for k in r.breakdown["top_kernels"]
+        ]
     return lines
 
 
@@ -601,12 +747,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", action="append", choices=sorted(PLANS))
     parser.add_argument("--out", type=Path, help="where JSON, Markdown and logs go")
-    parser.add_argument("--rebuild", type=Path, metavar="RESULTS_DIR",
-                        help="recompute a results folder's ratios, breakdowns and Markdown from its JSON and raw profiles (no GPU)")  # fmt: skip
+    parser.add_argument(
+        "--rebuild",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="recompute a results folder's ratios, breakdowns and Markdown from its JSON and raw profiles (no GPU)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/llamafactory-fp8-bench"))
     parser.add_argument("--corpus-mb", type=float, default=12.0)
-    parser.add_argument("--keep-work", action="store_true", help="reuse and keep the work dir's models for a later call")
-    parser.add_argument("--deadline-s", type=float, default=None, help="skip or stop runs that would end later than this")
+    parser.add_argument(
+        "--keep-work", action="store_true", help="reuse and keep the work dir's models for a later call"
+    )
+    parser.add_argument(
+        "--deadline-s", type=float, default=None, help="skip or stop runs that would end later than this"
+    )
     parser.add_argument("--parallel", type=int, default=4, help="memory-only cases run this many at a time")
     parser.add_argument("--list", action="store_true", help="print the plans' cases and exit")
     args = parser.parse_args()
@@ -654,16 +808,24 @@ def batches(cases: list[Case], parallel: int) -> list[list[Case]]:
     return grouped
 
 
-def run_batch(batch: list[Case], args: argparse.Namespace, data: Path, logs: Path, deadline: float | None) -> list[Result]:
+def run_batch(
+    batch: list[Case], args: argparse.Namespace, data: Path, logs: Path, deadline: float | None
+) -> list[Result]:
     if deadline is not None and deadline - time.time() < max(case.expected_s for case in batch):
-        return [Result(case, -1, error=f"not run: {deadline - time.time():.0f} s left before the deadline") for case in batch]
+        return [
+            Result(case, -1, error=f"not run: {deadline - time.time():.0f} s left before the deadline")
+            for case in batch
+        ]
 
     def run(case: Case) -> Result:
         timeout_s = None if deadline is None else deadline - time.time()
         result = run_case(case, model_dir(args.work, case.shape, case.layers), data, args.work, logs, timeout_s)
         shutil.rmtree(args.work / "runs" / case.name, ignore_errors=True)  # the saved model is not measured
-        print(f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
-              f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}", flush=True)  # fmt: skip
+        print(
+            f"{case.name}: exit {result.exit_code}, {result.tokens_per_s and round(result.tokens_per_s)} tok/s, "
+            f"{result.peak_allocated_gib} GiB, fp8 layers {result.fp8_layers}, {result.wall_s}s {result.error or ''}",
+            flush=True,
+        )
         return result
 
     with ThreadPoolExecutor(max_workers=len(batch)) as pool:

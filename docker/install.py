@@ -117,8 +117,9 @@ def apply_patches(site_packages: Path, llamafactory_version: str) -> None:
     for change in sorted((PATCHES / f"llamafactory-{llamafactory_version}").glob("*.patch")):
         applied = subprocess.run(
             ["patch", "--dry-run", "--reverse", "--force", "--silent", "-p1", "-d", str(site_packages)],
-            stdin=change.open(), capture_output=True,
-        )  # fmt: skip
+            stdin=change.open(),
+            capture_output=True,
+        )
         if applied.returncode == 0:
             print(f"install: already applied {change.name}")
             continue
@@ -153,15 +154,30 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as listed:
             listed.write("\n".join(requirements) + "\n")
             listed.flush()
-            pip(["install", "--no-deps", "--require-hashes", "--no-build-isolation", *target,
-                 "-r", listed.name, *pip_args], env)  # fmt: skip
+            pip(
+                [
+                    "install",
+                    "--no-deps",
+                    "--require-hashes",
+                    "--no-build-isolation",
+                    *target,
+                    "-r",
+                    listed.name,
+                    *pip_args,
+                ],
+                env,
+            )
 
     after = installed_versions(search_path)
     protected = [name for name in before if is_guarded(name) or (name == "torchao" and name not in to_install)]
     changed = [f"{name} {before[name]} -> {after.get(name)}" for name in protected if after.get(name) != before[name]]
     if changed:
         raise SystemExit(f"install: the base's own packages changed: {', '.join(changed)}")
-    wrong = [f"{name} {after.get(name)} (lock {version})" for name, (version, _) in to_install.items() if after.get(name) != version]
+    wrong = [
+        f"{name} {after.get(name)} (lock {version})"
+        for name, (version, _) in to_install.items()
+        if after.get(name) != version
+    ]
     if wrong:
         raise SystemExit(f"install: installed versions differ from the lock: {', '.join(wrong)}")
 
@@ -175,8 +191,10 @@ def main() -> None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         record = {"installed": {n: v for n, (v, _) in to_install.items()}, "kept": kept, "pip_check": reported}
         args.record.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    print(f"install: {len(to_install)} installed from {args.lock.name} ({', '.join(args.sections)}), {len(kept)} kept: "
-          + (", ".join(f"{n} {v}" for n, v in sorted(kept.items())) or "none"))
+    print(
+        f"install: {len(to_install)} installed from {args.lock.name} ({', '.join(args.sections)}), {len(kept)} kept: "
+        + (", ".join(f"{n} {v}" for n, v in sorted(kept.items())) or "none")
+    )
 
 
 if __name__ == "__main__":

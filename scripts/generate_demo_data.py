@@ -5,10 +5,38 @@ import json
 import random
 from pathlib import Path
 
-WORDS = (
-    "apple river stone cloud garden window yellow market silver candle forest bridge pencil winter orange "
-    "rocket planet dragon castle mirror summer ticket meadow harbor lantern violet copper falcon island puzzle"
-).split()
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "garden",
+    "window",
+    "yellow",
+    "market",
+    "silver",
+    "candle",
+    "forest",
+    "bridge",
+    "pencil",
+    "winter",
+    "orange",
+    "rocket",
+    "planet",
+    "dragon",
+    "castle",
+    "mirror",
+    "summer",
+    "ticket",
+    "meadow",
+    "harbor",
+    "lantern",
+    "violet",
+    "copper",
+    "falcon",
+    "island",
+    "puzzle",
+]
 
 
 def sft_records(rng: random.Random, count: int) -> list[dict]:
@@ -20,18 +48,30 @@ def sft_records(rng: random.Random, count: int) -> list[dict]:
             records.append({"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} plus {b} is {a + b}."})
         elif task == 1:
             word = rng.choice(WORDS)
-            records.append({"instruction": "Reverse the word.", "input": word, "output": f"{word} reversed is {word[::-1]}."})
+            records.append(
+                {"instruction": "Reverse the word.", "input": word, "output": f"{word} reversed is {word[::-1]}."}
+            )
         elif task == 2:
             n = rng.randrange(100)
-            records.append({"instruction": f"What number comes after {n}?", "input": "", "output": f"After {n} comes {n + 1}."})
+            records.append(
+                {"instruction": f"What number comes after {n}?", "input": "", "output": f"After {n} comes {n + 1}."}
+            )
         else:
             word = rng.choice(WORDS)
-            records.append({"instruction": "Write the word in capitals.", "input": word, "output": f"{word} in capitals is {word.upper()}."})
+            records.append(
+                {
+                    "instruction": "Write the word in capitals.",
+                    "input": word,
+                    "output": f"{word} in capitals is {word.upper()}.",
+                }
+            )
     return records
 
 
 def pt_records(rng: random.Random, count: int) -> list[dict]:
-    return [{"text": " ".join(f"{r['instruction']} {r['input']} {r['output']}".split())} for r in sft_records(rng, count)]
+    return [
+        {"text": " ".join(f"{r['instruction']} {r['input']} {r['output']}".split())} for r in sft_records(rng, count)
+    ]
 
 
 def main() -> None:

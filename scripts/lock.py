@@ -16,11 +16,11 @@ import hashlib
 import json
 import subprocess
 import sys
-import tomllib
 import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
@@ -43,7 +43,9 @@ def main(target_python: str, torch_spec: str) -> None:
     print(f"wrote {LOCK.relative_to(ROOT)}: {len(image)} image and {len(ci)} CI packages")
 
 
-def resolve(pip: list[str], requirements: list[str], ignore_installed: bool = False, constraints: dict | None = None) -> dict:
+def resolve(
+    pip: list[str], requirements: list[str], ignore_installed: bool = False, constraints: dict | None = None
+) -> dict:
     """What pip would install for `requirements` into the target venv: {name: (version, url, sha256 or None)}."""
     command = [*pip, "install", "--dry-run", "--quiet", "--no-build-isolation", "--report", "-"]
     if ignore_installed:
@@ -87,7 +89,9 @@ def hashes(name: str, version: str, url: str | None, known: str | None) -> list[
     request = urllib.request.Request(f"https://pypi.org/simple/{name}/", headers={"Accept": SIMPLE_JSON})
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
-    found = sorted(f["hashes"]["sha256"] for f in files if _version_of(f["filename"]) == version and not f.get("yanked"))
+    found = sorted(
+        f["hashes"]["sha256"] for f in files if _version_of(f["filename"]) == version and not f.get("yanked")
+    )
     if found:
         return found
     if url and url.startswith("file:"):

@@ -34,20 +34,24 @@ def record() -> dict:
                         mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                     except pynvml.NVMLError:
                         continue
-                    mig_devices.append({
-                        "name": _text(pynvml.nvmlDeviceGetName(mig)),
-                        "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
-                        "memory_total": pynvml.nvmlDeviceGetMemoryInfo(mig).total,
-                    })
-            devices.append({
-                "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                "compute_capability": list(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
-                "memory_total": pynvml.nvmlDeviceGetMemoryInfo(handle).total,
-                "mig_mode": mig_mode,
-                "ecc_uncorrected": ecc,
-                "mig_devices": mig_devices,
-            })
+                    mig_devices.append(
+                        {
+                            "name": _text(pynvml.nvmlDeviceGetName(mig)),
+                            "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
+                            "memory_total": pynvml.nvmlDeviceGetMemoryInfo(mig).total,
+                        }
+                    )
+            devices.append(
+                {
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                    "compute_capability": list(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
+                    "memory_total": pynvml.nvmlDeviceGetMemoryInfo(handle).total,
+                    "mig_mode": mig_mode,
+                    "ecc_uncorrected": ecc,
+                    "mig_devices": mig_devices,
+                }
+            )
         return {
             "source": "recorded with scripts/record_nvml_profile.py",
             "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),

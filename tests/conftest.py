@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from llamafactory_fp8 import gpus as gpus_module
 from llamafactory_fp8.inspection import Request, inspect_run
 from llamafactory_fp8.plan import LaunchPlan, make_plan
@@ -41,7 +40,9 @@ def container_tools() -> None:
     scripts/container-tools; the tests that need them skip, saying why, where they cannot be had."""
     result = subprocess.run([str(ROOT / "scripts" / "container-tools")], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        said = (result.stderr + result.stdout).strip().splitlines() or [f"scripts/container-tools exited {result.returncode}"]
+        said = (result.stderr + result.stdout).strip().splitlines() or [
+            f"scripts/container-tools exited {result.returncode}"
+        ]
         pytest.skip(f"no container tools: {said[-1]}")
 
 
@@ -92,7 +93,9 @@ def planner(nvml_profile, tmp_path, monkeypatch):
         path = tmp_path / "train.yaml"
         path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **keys}))
         found = inspect_run(Request(config=path, **flags))
-        return make_plan(replace(found, installed_backends=backends, installed_strategies=strategies, host_memory_gib=host_gib))
+        return make_plan(
+            replace(found, installed_backends=backends, installed_strategies=strategies, host_memory_gib=host_gib)
+        )
 
     return plan
 
@@ -117,14 +120,28 @@ def run_cli(*args: str, profile: str = "no-gpu", cwd: Path = ROOT, timeout: floa
     )
 
 
-def start_demo_training(output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str) -> subprocess.Popen:
+def start_demo_training(
+    output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str
+) -> subprocess.Popen:
     """The launcher training the demo on the CPU, in the background, with its own state dir, as in its own pod."""
     return subprocess.Popen(
-        [sys.executable, "-m", "llamafactory_fp8", "train", "configs/examples/demo.yaml", "--allow-cpu",
-         f"output_dir={output_dir}", f"model_name_or_path={model}", *overrides],
-        cwd=ROOT, env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llamafactory_fp8",
+            "train",
+            "configs/examples/demo.yaml",
+            "--allow-cpu",
+            f"output_dir={output_dir}",
+            f"model_name_or_path={model}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
@@ -133,7 +150,15 @@ def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: s
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     return [
-        start_demo_training(output_dir, model, tmp_path / f"state{rank}", *overrides,
-                            NNODES="2", JOB_COMPLETION_INDEX=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        start_demo_training(
+            output_dir,
+            model,
+            tmp_path / f"state{rank}",
+            *overrides,
+            NNODES="2",
+            JOB_COMPLETION_INDEX=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
         for rank in (0, 1)
-    ]  # fmt: skip
+    ]

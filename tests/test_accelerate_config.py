@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-
 from llamafactory_fp8.accelerate_config import (
     check_user_config_matches,
     load_accelerate_config,
@@ -25,7 +24,9 @@ FSDP_CONFIG = load_accelerate_config(CONFIGS / "fsdp2.yaml")["fsdp_config"]
 
 def decision(precision="bf16", backend=None, processes=1, strategy="ddp", device="cuda", kept_from_yaml=None):
     choice = StrategyChoice(STRATEGIES[strategy], "yaml" if kept_from_yaml else "auto", kept_from_yaml)
-    return Decision(precision, "auto", backend and BACKENDS[backend], device, processes, choice, None, (), None, None, ("test",), ())
+    return Decision(
+        precision, "auto", backend and BACKENDS[backend], device, processes, choice, None, (), None, None, ("test",), ()
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -38,12 +39,24 @@ def test_every_shipped_config_loads_in_accelerate(path):
     [
         (decision(), {"mixed_precision": "bf16", "distributed_type": "NO", "num_processes": 1}),
         (decision("fp8", "torchao"), {"mixed_precision": "fp8", "fp8_config": {"backend": "AO"}}),
-        (decision("fp8", "te", 8, "ddp"), {"mixed_precision": "fp8", "distributed_type": "MULTI_GPU", "num_processes": 8}),
-        (decision("bf16", None, 4, "fsdp2"), {"distributed_type": "FSDP", "num_processes": 4, "mixed_precision": "bf16"}),
-        (decision("bf16", None, 4, "fsdp2-offload"), {"distributed_type": "FSDP", "fsdp_config": {**FSDP_CONFIG, "fsdp_offload_params": True}}),
+        (
+            decision("fp8", "te", 8, "ddp"),
+            {"mixed_precision": "fp8", "distributed_type": "MULTI_GPU", "num_processes": 8},
+        ),
+        (
+            decision("bf16", None, 4, "fsdp2"),
+            {"distributed_type": "FSDP", "num_processes": 4, "mixed_precision": "bf16"},
+        ),
+        (
+            decision("bf16", None, 4, "fsdp2-offload"),
+            {"distributed_type": "FSDP", "fsdp_config": {**FSDP_CONFIG, "fsdp_offload_params": True}},
+        ),
         (decision("bf16", None, 1, "deepspeed-zero2"), {"distributed_type": "MULTI_GPU", "num_processes": 1}),
         # a strategy the training YAML names (Transformers' fsdp:) is set up by the Trainer, not Accelerate's file
-        (decision("fp8", "torchao", 8, "fsdp2", kept_from_yaml="fsdp: full_shard auto_wrap"), {"distributed_type": "MULTI_GPU", "mixed_precision": "fp8"}),
+        (
+            decision("fp8", "torchao", 8, "fsdp2", kept_from_yaml="fsdp: full_shard auto_wrap"),
+            {"distributed_type": "MULTI_GPU", "mixed_precision": "fp8"},
+        ),
         (decision("fp32", device="cpu"), {"mixed_precision": "no", "use_cpu": True, "distributed_type": "NO"}),
     ],
 )
@@ -63,7 +76,9 @@ def test_te_config_keeps_the_seeds_recipe():
 
 
 def test_multi_node_placement_comes_from_the_environment():
-    topology = read_topology({"NNODES": "2", "JOB_COMPLETION_INDEX": "1", "MASTER_ADDR": "trainer-0.trainer", "MASTER_PORT": "29501"})
+    topology = read_topology(
+        {"NNODES": "2", "JOB_COMPLETION_INDEX": "1", "MASTER_ADDR": "trainer-0.trainer", "MASTER_PORT": "29501"}
+    )
     values, _ = render_accelerate_config(decision("bf16", None, 8, "ddp"), topology, CONFIGS)
     assert (values["num_machines"], values["machine_rank"], values["num_processes"]) == (2, 1, 16)
     assert (values["main_process_ip"], values["main_process_port"]) == ("trainer-0.trainer", 29501)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from llamafactory_fp8 import errors
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
@@ -18,10 +17,14 @@ from .conftest import BENCH_MODELS, ROOT
 TOOLS = Path(sys.executable).parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SHELL_SCRIPTS = [
-    ROOT / "scripts" / "bootstrap", ROOT / "scripts" / "lock", ROOT / "scripts" / "container-tools",
-    ROOT / "docker" / "standin" / "build", ROOT / ".ci" / "run", ROOT / "bench" / "transformer_engine.sh",
+    ROOT / "scripts" / "bootstrap",
+    ROOT / "scripts" / "lock",
+    ROOT / "scripts" / "container-tools",
+    ROOT / "docker" / "standin" / "build",
+    ROOT / ".ci" / "run",
+    ROOT / "bench" / "transformer_engine.sh",
     ROOT / "bench" / "image_on_gpu.sh",
-]  # fmt: skip
+]
 KUSTOMIZATIONS = {"one node": ROOT / "k8s", "several nodes": ROOT / "k8s" / "multinode"}
 
 
@@ -62,7 +65,7 @@ def test_dockerfile_essentials():
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG BASE_IMAGE=nvcr\.io/nvidia/pytorch:\S+", text, re.M)
     assert re.search(r"^USER \S+", text, re.M) and "useradd" in text, "runs as a non-root user"
-    assert 'HEALTHCHECK' in text and '"llamafactory-fp8-healthcheck"' in text
+    assert "HEALTHCHECK" in text and '"llamafactory-fp8-healthcheck"' in text
     assert 'ENTRYPOINT ["llamafactory-fp8"]' in text
     assert "docker/install.py" in text, "the image installs LLaMA-Factory the way CI does"
     assert not re.search(r"pip install[^\n]*\btorch\b", text), "never reinstalls the base's torch"
@@ -101,7 +104,9 @@ def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
 
 def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered):
     config_errors = sorted(
-        cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
     ) + [errors.USAGE_EXIT_CODE, errors.DISK_FULL_EXIT_CODE]
     for job in documents(rendered, "Job"):
         spec = job["spec"]
@@ -135,8 +140,11 @@ def test_multinode_job_gives_the_launcher_rank_and_master(rendered):
 def test_compose_cpu_override_drops_the_gpu_and_memlock_and_allows_the_cpu(container_tools):
     merged = subprocess.run(
         ["docker", "compose", "-f", "compose.yaml", "-f", "compose.cpu.yaml", "config", "--format", "json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     services = json.loads(merged.stdout)["services"]
     assert set(services) == set(compose()["services"])
     for service in services.values():

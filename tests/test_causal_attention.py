@@ -6,12 +6,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from llamafactory_fp8 import causal_attention
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from llamafactory_fp8 import causal_attention
-
-SHAPE = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
+SHAPE = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attn_implementation="sdpa",
+)
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def test_right_padding_changes_no_loss_or_gradient(sdpa_calls):
     finally:
         causal_attention.uninstall()
     assert sdpa_calls[-2:] == [(False, True)] * 2
-    for (name, expected), (_, got) in zip(reference.named_parameters(), fixed.named_parameters()):
+    for (name, expected), (_, got) in zip(reference.named_parameters(), fixed.named_parameters(), strict=True):
         assert torch.allclose(got.grad, expected.grad, atol=1e-6), name
 
 

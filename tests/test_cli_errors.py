@@ -39,20 +39,42 @@ BAD_INPUTS = {
     "no model": (["train", _write("nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
     "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
     "NUL in a path": (["train", _write("nul.yaml", 'model_name_or_path: m\noutput_dir: "\\0"\n')], "a100", 13, "NUL"),
-    "FP8 recipe on a BF16 run": (["train", DEMO, "--bf16", "--fp8-recipe", "rowwise"], "h100-sxm", 13, "--fp8-recipe rowwise"),
+    "FP8 recipe on a BF16 run": (
+        ["train", DEMO, "--bf16", "--fp8-recipe", "rowwise"],
+        "h100-sxm",
+        13,
+        "--fp8-recipe rowwise",
+    ),
     "FP8 recipe on the CPU": (["train", DEMO, "--allow-cpu", "--fp8-recipe", "lora-base"], "no-gpu", 13, "no FP8"),
     "unknown backend": (["train", DEMO, "--backend", "msamp"], "h100-sxm", 64, "invalid choice"),
     "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
     "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
-    "no such model folder": (["train", _write("folder.yaml", "model_name_or_path: /no/such/model\noutput_dir: out\n")], "h100-sxm", 18, "is not a folder"),
+    "no such model folder": (
+        ["train", _write("folder.yaml", "model_name_or_path: /no/such/model\noutput_dir: out\n")],
+        "h100-sxm",
+        18,
+        "is not a folder",
+    ),
     "7B full fine-tuning on a MIG slice": (
-        ["train", _write("big.yaml", f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: out\n")],
-        "h100-mig-1g10gb", 20, "does not fit",
+        [
+            "train",
+            _write(
+                "big.yaml", f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: out\n"
+            ),
+        ],
+        "h100-mig-1g10gb",
+        20,
+        "does not fit",
     ),
 }
 # The issue's list: each of these has an exit code of its own.
 ISSUE_CASES = (
-    "missing config", "unparsable YAML", "not a mapping", "unknown precision flag", "fp8 forced on A100", "no GPU",
+    "missing config",
+    "unparsable YAML",
+    "not a mapping",
+    "unknown precision flag",
+    "fp8 forced on A100",
+    "no GPU",
     "output dir not writable",
 )
 

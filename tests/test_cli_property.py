@@ -8,7 +8,6 @@ import io
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
 from llamafactory_fp8.cli import main
 from llamafactory_fp8.errors import documented_exit_codes
 
@@ -16,21 +15,67 @@ from .conftest import PROFILES, model_dir
 
 # The keys the launcher reads, and a few it passes through untouched.
 KEYS = (
-    "model_name_or_path", "output_dir", "stage", "finetuning_type", "quantization_bit", "lora_rank", "lora_target",
-    "freeze_trainable_layers", "per_device_train_batch_size", "cutoff_len", "gradient_accumulation_steps",
-    "disable_gradient_checkpointing", "torch_compile", "optim", "pure_bf16", "enable_liger_kernel", "fp8",
-    "fp8_backend", "fp16", "bf16", "deepspeed", "fsdp", "fsdp_config", "resume_from_checkpoint", "model_revision",
-    "hf_hub_token", "cache_dir", "dataset_dir", "learning_rate", "overwrite_output_dir",
-)  # fmt: skip
+    "model_name_or_path",
+    "output_dir",
+    "stage",
+    "finetuning_type",
+    "quantization_bit",
+    "lora_rank",
+    "lora_target",
+    "freeze_trainable_layers",
+    "per_device_train_batch_size",
+    "cutoff_len",
+    "gradient_accumulation_steps",
+    "disable_gradient_checkpointing",
+    "torch_compile",
+    "optim",
+    "pure_bf16",
+    "enable_liger_kernel",
+    "fp8",
+    "fp8_backend",
+    "fp16",
+    "bf16",
+    "deepspeed",
+    "fsdp",
+    "fsdp_config",
+    "resume_from_checkpoint",
+    "model_revision",
+    "hf_hub_token",
+    "cache_dir",
+    "dataset_dir",
+    "learning_rate",
+    "overwrite_output_dir",
+)
 MODELS = [str(model_dir(name)) for name in ("qwen2.5-0.5b", "llama-3.1-8b", "llama-3.1-70b")]
 FLAGS = (
-    "--fp8", "--bf16", "--auto", "--backend", "te", "torchao", "--strategy", "fsdp2", "deepspeed-zero3", "ddp",
-    "fsdp2-offload", "--no-memory-check", "--allow-cpu", "--json", "--unknown", "auto", "--fp8-recipe", "lora-base",
-    "rowwise", "default",
-)  # fmt: skip
+    "--fp8",
+    "--bf16",
+    "--auto",
+    "--backend",
+    "te",
+    "torchao",
+    "--strategy",
+    "fsdp2",
+    "deepspeed-zero3",
+    "ddp",
+    "fsdp2-offload",
+    "--no-memory-check",
+    "--allow-cpu",
+    "--json",
+    "--unknown",
+    "auto",
+    "--fp8-recipe",
+    "lora-base",
+    "rowwise",
+    "default",
+)
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**13), st.floats(), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=5)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
+)
 # Values a user would write for each key, so that most examples get past the YAML checks to the decision.
 PLAUSIBLE = {
     "model_name_or_path": st.sampled_from([*MODELS, "org/not-cached", "/no/such/folder"]),
@@ -50,7 +95,20 @@ PLAUSIBLE = {
     "fsdp": st.sampled_from(["full_shard auto_wrap", ["shard_grad_op"], "offload full_shard", ""]),
     "fsdp_config": st.sampled_from([{"fsdp_version": 2}, "fsdp.json"]),
 }
-PLAUSIBLE.update({key: st.booleans() for key in ("disable_gradient_checkpointing", "torch_compile", "pure_bf16", "enable_liger_kernel", "fp8", "fp16", "bf16")})
+PLAUSIBLE.update(
+    {
+        key: st.booleans()
+        for key in (
+            "disable_gradient_checkpointing",
+            "torch_compile",
+            "pure_bf16",
+            "enable_liger_kernel",
+            "fp8",
+            "fp16",
+            "bf16",
+        )
+    }
+)
 names = st.sampled_from(KEYS) | st.text(min_size=1, max_size=10)
 
 
@@ -69,7 +127,11 @@ mappings = st.builds(
 documents = mostly(mappings.map(lambda mapping: yaml.safe_dump(mapping, allow_unicode=True)), st.text(max_size=40))
 overrides = st.lists(
     mostly(
-        entries.map(lambda entry: f"{entry[0]}={yaml.safe_dump(entry[1], default_flow_style=True).strip().removesuffix('...').strip()}"),
+        entries.map(
+            lambda entry: (
+                f"{entry[0]}={yaml.safe_dump(entry[1], default_flow_style=True).strip().removesuffix('...').strip()}"
+            )
+        ),
         st.builds("{}={}".format, names, st.text(max_size=12)) | st.text(max_size=10),
     ),
     max_size=4,
@@ -78,7 +140,9 @@ flags = st.lists(st.sampled_from(FLAGS), max_size=4)
 profiles = st.sampled_from(sorted(path.stem for path in PROFILES.glob("*.json")))
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(document=documents, override=overrides, flag=flags, profile=profiles)
 def test_random_yaml_and_overrides_get_a_plan_or_one_line_never_a_traceback(
     tmp_path, monkeypatch, nvml_profile, document, override, flag, profile

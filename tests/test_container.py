@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
 from .conftest import ROOT, SUMMARY
@@ -51,9 +50,13 @@ def image(container_tools, request) -> str:
     subprocess.run([str(ROOT / "docker" / "standin" / "build")], check=True, capture_output=True, timeout=900)
     started = time.monotonic()
     built = subprocess.run(
-        ["docker", "compose", "build", "train"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        ["docker", "compose", "build", "train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
         env={**os.environ, "BASE_IMAGE": STANDIN},
-    )  # fmt: skip
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE, check=True).stdout)
     request.config.stash.setdefault(SUMMARY, []).append(
@@ -77,11 +80,22 @@ def project(tmp_path) -> Path:
 def compose(project: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.Popen:
     """`docker compose -f compose.yaml -f compose.cpu.yaml ...` in `project`, as the caller, with no network."""
     return subprocess.Popen(
-        ["docker", "compose", "--project-directory", str(project), "-f", str(ROOT / "compose.yaml"),
-         "-f", str(ROOT / "compose.cpu.yaml"), *args],
+        [
+            "docker",
+            "compose",
+            "--project-directory",
+            str(project),
+            "-f",
+            str(ROOT / "compose.yaml"),
+            "-f",
+            str(ROOT / "compose.cpu.yaml"),
+            *args,
+        ],
         env={**os.environ, "UID": CALLER, "GID": CALLER, "LLAMAFACTORY_FP8_NETWORK": "none", **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -141,8 +155,17 @@ def test_compose_on_the_cpu_trains_a_project_config_and_the_outputs_are_the_call
 
 def test_docker_stop_saves_a_checkpoint_exits_75_and_the_same_command_resumes(image, project):
     name = f"lf8-stop-{uuid.uuid4().hex[:8]}"
-    command = ("run", "--rm", "-T", "--name", name, "train-bf16", "configs/examples/demo.yaml", "max_steps=400",
-               "save_steps=1000")  # fmt: skip
+    command = (
+        "run",
+        "--rm",
+        "-T",
+        "--name",
+        name,
+        "train-bf16",
+        "configs/examples/demo.yaml",
+        "max_steps=400",
+        "save_steps=1000",
+    )
     outputs = project / "outputs" / "demo"
     run = compose(project, *command)
     try:
@@ -174,15 +197,37 @@ def health(name: str) -> str:
 def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_trainer_freezes(image):
     name, stall_after_s = f"lf8-health-{uuid.uuid4().hex[:8]}", 10
     started = docker(
-        "run", "-d", "--name", name, "--network", "none", "--health-interval", "2s", "--health-retries", "1",
-        "--health-timeout", "30s", "--health-start-period", "0s", "-e", f"LLAMAFACTORY_FP8_STALL_AFTER_S={stall_after_s}",
-        image, "train", "configs/examples/demo.yaml", "--bf16", "--allow-cpu", "max_steps=100000", "save_steps=100000",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--health-interval",
+        "2s",
+        "--health-retries",
+        "1",
+        "--health-timeout",
+        "30s",
+        "--health-start-period",
+        "0s",
+        "-e",
+        f"LLAMAFACTORY_FP8_STALL_AFTER_S={stall_after_s}",
+        image,
+        "train",
+        "configs/examples/demo.yaml",
+        "--bf16",
+        "--allow-cpu",
+        "max_steps=100000",
+        "save_steps=100000",
         "logging_steps=1",
-    )  # fmt: skip
+    )
     assert started.returncode == 0, started.stderr
     try:
         in_container = lambda *cmd: docker("exec", name, *cmd)  # noqa: E731
-        wait_until(lambda: in_container("test", "-s", "outputs/demo/trainer_log.jsonl").returncode == 0, 300, "training")
+        wait_until(
+            lambda: in_container("test", "-s", "outputs/demo/trainer_log.jsonl").returncode == 0, 300, "training"
+        )
         time.sleep(stall_after_s + 4)  # longer than the stall window: only progress keeps it healthy
         assert health(name) == "healthy"
 
@@ -207,31 +252,56 @@ def test_no_token_is_baked_in_and_hf_token_comes_only_from_the_callers_environme
     baked = docker("history", "--no-trunc", image).stdout + docker("image", "inspect", image).stdout
     assert not re.search(r"HF_TOKEN=\S|hf_[A-Za-z0-9]{20,}", baked)
     show_token = ("run", "--rm", "-T", "--entrypoint", "printenv", "inspect", "HF_TOKEN")
-    assert finish(compose(project, *show_token, HF_TOKEN="hf_ThisIsTheCallersOwnTokenOnly"))[1].strip().endswith(
-        "hf_ThisIsTheCallersOwnTokenOnly"
+    assert (
+        finish(compose(project, *show_token, HF_TOKEN="hf_ThisIsTheCallersOwnTokenOnly"))[1]
+        .strip()
+        .endswith("hf_ThisIsTheCallersOwnTokenOnly")
     )
     without = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
     process = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "-f", str(ROOT / "compose.cpu.yaml"),
-         "--project-directory", str(project), *show_token],
-        env={**without, "LLAMAFACTORY_FP8_NETWORK": "none"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(ROOT / "compose.yaml"),
+            "-f",
+            str(ROOT / "compose.cpu.yaml"),
+            "--project-directory",
+            str(project),
+            *show_token,
+        ],
+        env={**without, "LLAMAFACTORY_FP8_NETWORK": "none"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert process.stdout.strip() == "", "no token unless the caller has one"
 
 
 def distributions(image_name: str) -> dict[str, str]:
     listing = docker(
-        "run", "--rm", "--network", "none", "--entrypoint", "python3", image_name, "-c",
-        "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
-    )  # fmt: skip
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python3",
+        image_name,
+        "-c",
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+    )
     return {INSTALL.canonical(name): version for name, version in json.loads(listing.stdout).items()}
 
 
 def test_the_images_packages_are_the_lock_and_the_bases_own(image):
     locked = INSTALL.read_lock(INSTALL.LOCK, ["image"])
     in_image, in_base = distributions(image), distributions(STANDIN)
-    record = json.loads(docker("run", "--rm", "--network", "none", "--entrypoint", "cat", image,
-                               "/opt/llamafactory-fp8/installed.json").stdout)  # fmt: skip
+    record = json.loads(
+        docker(
+            "run", "--rm", "--network", "none", "--entrypoint", "cat", image, "/opt/llamafactory-fp8/installed.json"
+        ).stdout
+    )
     for name, (version, _) in locked.items():
         if name in record["kept"]:
             assert in_image[name] == in_base[name] == record["kept"][name], f"{name} kept from the base"

@@ -8,17 +8,15 @@ import json
 import os
 import re
 import signal
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from llamafactory_fp8.demo import build_demo_model
-from llamafactory_fp8.errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE
+from llamafactory_fp8.errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE
 from llamafactory_fp8.resume import checkpoints
-from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
 from .conftest import ROOT, cli_env, start_demo_training, start_two_nodes
 
@@ -65,12 +63,18 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_
     assert code == STOPPED_EXIT_CODE, stderr[-3000:]
     stopped_at = json.loads((state_dir / "stop.answer.json").read_text())["step"]
     assert 0 < stopped_at < STEPS
-    assert f"stopped on request after step {stopped_at}, checkpoint saved in {output_dir}/checkpoint-{stopped_at}" in stderr
+    assert (
+        f"stopped on request after step {stopped_at}, checkpoint saved in {output_dir}/checkpoint-{stopped_at}"
+        in stderr
+    )
     assert not (output_dir / "model.safetensors").exists()  # no final model from a half-trained run
 
     code, stdout, stderr = finish(start(output_dir, tiny_model, state_dir))
     assert code == 0, stderr[-3000:]
-    assert f"resume      from {output_dir}/checkpoint-{stopped_at}: the last run in this output_dir was stopped on request" in stdout
+    assert (
+        f"resume      from {output_dir}/checkpoint-{stopped_at}: the last run in this output_dir was stopped on request"
+        in stdout
+    )
     assert f"Resuming training from checkpoint with epoch 0 and global step {stopped_at}" in stderr
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == STEPS
     resumed, uninterrupted = logged_losses(output_dir), logged_losses(tmp_path / "reference")
@@ -105,7 +109,9 @@ def test_a_second_signal_stops_at_once_and_the_rerun_resumes_from_the_last_perio
         time.sleep(0.02)
     rerun.send_signal(signal.SIGTERM)  # stopped again, before its first step: nothing to save, nothing lost
     code, stdout, stderr = finish(rerun)
-    assert f"resume      from {output_dir}/checkpoint-20: the last run in this output_dir failed (exit code 143)" in stdout
+    assert (
+        f"resume      from {output_dir}/checkpoint-20: the last run in this output_dir failed (exit code 143)" in stdout
+    )
     assert code == STOPPED_EXIT_CODE, stderr[-3000:]
     assert "stopped on request before the first step, with nothing to save" in stderr
 
@@ -125,7 +131,6 @@ def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny
     assert (output_dir / f"checkpoint-{answers[0]['step']}").is_dir()
 
 
-
 @pytest.mark.slow
 def test_a_failing_trainer_exits_1_with_its_own_error_and_no_launcher_traceback(tmp_path, tiny_model):
     code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", "dataset=no_such_dataset"))
@@ -134,7 +139,10 @@ def test_a_failing_trainer_exits_1_with_its_own_error_and_no_launcher_traceback(
     assert "Undefined dataset no_such_dataset" in trainer_error
     assert summary == "llamafactory-fp8: training failed; the trainer's own error is above (exit 1)"
     assert "CalledProcessError" not in stderr
-    assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {"status": "failed", "exit_code": 1}
+    assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {
+        "status": "failed",
+        "exit_code": 1,
+    }
 
 
 def wait_for_checkpoint(output_dir: Path, launcher: subprocess.Popen, step: int = 20) -> None:
@@ -163,11 +171,15 @@ def test_a_trainer_killed_outright_is_named_with_its_signal_and_the_rerun_resume
     assert re.fullmatch(
         r"llamafactory-fp8: the trainer \(rank 0\) was killed by SIGKILL at step \d+, with no error of its own; the "
         r"out-of-memory killer sends SIGKILL: see the kernel log \(dmesg\)\. Run the same command again to resume "
-        r"from the last complete checkpoint \(exit 137\)", last_line(stderr),
-    )  # fmt: skip
+        r"from the last complete checkpoint \(exit 137\)",
+        last_line(stderr),
+    )
     code, stdout, stderr = finish(start(output_dir, tiny_model, tmp_path / "state-rerun"))
     assert code == 0, stderr[-3000:]
-    assert re.search(rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 137\)", stdout)
+    assert re.search(
+        rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 137\)",
+        stdout,
+    )
 
 
 @pytest.fixture
@@ -175,7 +187,9 @@ def small_disk(tmp_path):
     """A tmpfs of 3 MiB: room for one of the demo's checkpoints (about 1.8 MB) and not two."""
     folder = tmp_path / "small-disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"a small disk needs mounting a tmpfs, which failed here: {mounted.stderr.strip()}")
     yield folder
@@ -183,15 +197,18 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_save_fails_in_one_line_and_the_rerun_resumes_once_space_is_freed(tmp_path, tiny_model, small_disk):
+def test_a_full_disk_during_a_save_fails_in_one_line_and_the_rerun_resumes_once_space_is_freed(
+    tmp_path, tiny_model, small_disk
+):
     output_dir = small_disk / "out"
     code, _, stderr = finish(start(output_dir, tiny_model, tmp_path / "state"))
     assert code == DISK_FULL_EXIT_CODE, stderr[-3000:]
     assert re.fullmatch(
         rf"llamafactory-fp8: training failed: the disk under {output_dir} is full \(\d+ MiB free\) while saving "
         r"checkpoint-40; a checkpoint it cut short is passed over: free space, then run the same command again to "
-        r"resume \(exit 74\)", last_line(stderr),
-    )  # fmt: skip
+        r"resume \(exit 74\)",
+        last_line(stderr),
+    )
     assert json.loads((output_dir / "checkpoint-20" / "trainer_state.json").read_text())["global_step"] == 20
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
@@ -199,8 +216,9 @@ def test_a_full_disk_during_a_save_fails_in_one_line_and_the_rerun_resumes_once_
     assert code == 0, stderr[-3000:]
     assert re.search(  # the outcome could not be recorded on the full disk: the record still says running
         rf"resume      from {output_dir}/checkpoint-20: the last run in this output_dir ended without a word .*; "
-        "passed over checkpoint-40: cut short, no complete trainer_state.json", stdout,
-    )  # fmt: skip
+        "passed over checkpoint-40: cut short, no complete trainer_state.json",
+        stdout,
+    )
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == STEPS
 
 
@@ -222,12 +240,16 @@ def test_a_node_lost_mid_run_fails_the_other_in_one_line_naming_it_and_both_resu
     assert code == NODE_LOST_EXIT_CODE and time.monotonic() - lost_at < 60, stderr[-3000:]
     assert re.fullmatch(
         r"llamafactory-fp8: training failed at step \d+: node 1 was lost \(.+\); run every node's command again to "
-        r"resume \(exit 69\)", last_line(stderr),
-    )  # fmt: skip
+        r"resume \(exit 69\)",
+        last_line(stderr),
+    )
 
     reruns = [finish(node) for node in start_two_nodes(output_dir, tiny_model, tmp_path, f"max_steps={STEPS}")]
     assert [code for code, _, _ in reruns] == [0, 0], reruns[0][2][-2000:] + reruns[1][2][-2000:]
-    assert re.search(rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 69\)", reruns[0][1])
+    assert re.search(
+        rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir failed \(exit code 69\)",
+        reruns[0][1],
+    )
     assert "resume      from" in reruns[1][1] and "ended without a word (killed, or its node lost)" in reruns[1][1]
 
 
@@ -241,9 +263,13 @@ def test_a_node_that_stops_answering_makes_the_other_unhealthy_then_fail_within_
         wait_for_training(output_dir, nodes[0])
         os.killpg(trainer_group(tmp_path / "state1"), signal.SIGSTOP)
         frozen = time.monotonic()
-        window = cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state0"), LLAMAFACTORY_FP8_STALL_AFTER_S="3")
+        window = cli_env(
+            "no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state0"), LLAMAFACTORY_FP8_STALL_AFTER_S="3"
+        )
         while True:
-            health = subprocess.run([sys.executable, "-m", "llamafactory_fp8_healthcheck"], env=window, capture_output=True, text=True)
+            health = subprocess.run(
+                [sys.executable, "-m", "llamafactory_fp8_healthcheck"], env=window, capture_output=True, text=True
+            )
             if health.returncode:
                 break
             assert time.monotonic() - frozen < 15, health.stdout
@@ -268,5 +294,6 @@ def test_a_checkpoint_with_a_truncated_file_is_passed_over_and_the_one_before_re
     assert code == 0, stderr[-3000:]
     assert re.search(
         rf"resume      from {output_dir}/checkpoint-\d+: the last run in this output_dir was stopped on request; "
-        rf"passed over {damaged.parent.name}: model.safetensors truncated \([\d,]+ of [\d,]+ bytes\)", stdout,
-    ), [line for line in stdout.splitlines() if "resume" in line]  # fmt: skip
+        rf"passed over {damaged.parent.name}: model.safetensors truncated \([\d,]+ of [\d,]+ bytes\)",
+        stdout,
+    ), [line for line in stdout.splitlines() if "resume" in line]

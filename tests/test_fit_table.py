@@ -5,7 +5,6 @@ line whose suggestions, each tried as the user would, do fit. The issue's cases 
 import re
 
 import pytest
-
 from llamafactory_fp8.errors import DoesNotFit, NoGpu
 from llamafactory_fp8.strategies import STRATEGIES
 
@@ -72,7 +71,10 @@ def test_auto_plans_what_fits_or_refuses_with_suggestions_that_fit(planner, monk
         assert offered or line.endswith("choose a smaller model"), line
         for suggestion in offered:
             tried = try_suggestion(planner, monkeypatch, profile, base, suggestion)
-            assert tried is None or tried.decision.memory.fits(tried.decision.gpu_memory_gib, 1024.0), (suggestion, line)
+            assert tried is None or tried.decision.memory.fits(tried.decision.gpu_memory_gib, 1024.0), (
+                suggestion,
+                line,
+            )
         return
     decision = plan.decision
     if decision.memory is None:  # a model whose size is unknown is not estimated
@@ -111,7 +113,9 @@ def test_the_plan_a_user_would_expect(planner, profile, model, tuning, expected)
 
 def test_the_refusal_is_one_line_and_exit_20_before_anything_launches(tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: {tmp_path / 'out'}\n")
+    config.write_text(
+        f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: {tmp_path / 'out'}\n"
+    )
     result = run_cli("train", str(config), profile="h100-mig-1g10gb")
     assert result.returncode == 20
     (line,) = result.stderr.strip().splitlines()
@@ -126,7 +130,10 @@ def test_the_refusal_is_one_line_and_exit_20_before_anything_launches(tmp_path):
 
 def test_inspect_prints_the_estimate_per_strategy(tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(f"model_name_or_path: {model_dir('llama-3.1-8b')}\nfinetuning_type: full\noutput_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 2\n")
+    config.write_text(
+        f"model_name_or_path: {model_dir('llama-3.1-8b')}\nfinetuning_type: full\n"
+        f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 2\n"
+    )
     text = run_cli("inspect", str(config), profile="h100-sxm-x8").stdout
     table = text[text.index("memory per GPU by strategy") :].splitlines()
     assert [line.split("~")[0].strip() for line in table[1:]] == [s.label for s in STRATEGIES]

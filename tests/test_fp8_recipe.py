@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.step_profiler import PROFILE_ENV, profiler_from_environment
 
@@ -28,7 +27,11 @@ class TinyLM(torch.nn.Module):
 
 
 def converted_layers(model, layer_filter):
-    return sorted(name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and layer_filter(module, name))
+    return sorted(
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and layer_filter(module, name)
+    )
 
 
 def test_lora_base_converts_the_frozen_large_base_layers_only():
@@ -44,9 +47,17 @@ def test_lora_base_leaves_full_fine_tuning_in_bf16():
 
 
 def fake_trainer(mixed_precision):
-    args = SimpleNamespace(mixed_precision=mixed_precision, deepspeed_plugin=None, ddp_find_unused_parameters=False,
-                           ddp_bucket_cap_mb=None, ddp_broadcast_buffers=None, ddp_static_graph=None,
-                           parallelism_config=None, torch_compile_backend=None, torch_compile_mode=None)  # fmt: skip
+    args = SimpleNamespace(
+        mixed_precision=mixed_precision,
+        deepspeed_plugin=None,
+        ddp_find_unused_parameters=False,
+        ddp_bucket_cap_mb=None,
+        ddp_broadcast_buffers=None,
+        ddp_static_graph=None,
+        parallelism_config=None,
+        torch_compile_backend=None,
+        torch_compile_mode=None,
+    )
     return SimpleNamespace(args=args, model=None)
 
 
@@ -75,7 +86,9 @@ def test_an_installed_recipe_reaches_the_accelerator_in_fp8_only(restore_trainer
     ("name", "scaling", "power_of_2"),
     [("tensorwise-pow2", "TENSORWISE", True), ("rowwise", "AXISWISE", True), ("rowwise-gw-hp", "AXISWISE", True)],
 )
-def test_a_scaling_recipe_hands_torchao_its_config_and_keeps_accelerates_layer_choice(restore_trainer, monkeypatch, name, scaling, power_of_2):
+def test_a_scaling_recipe_hands_torchao_its_config_and_keeps_accelerates_layer_choice(
+    restore_trainer, monkeypatch, name, scaling, power_of_2
+):
     monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
     fp8_recipe.install_from_environment({fp8_recipe.RECIPE_ENV: name})
     ao_recipe = restore_trainer._build_accelerator_args(fake_trainer("fp8"))["kwargs_handlers"][-1]
@@ -106,10 +119,16 @@ def test_a_malformed_profile_request_is_refused(value):
 def test_a_profiled_run_writes_its_table_and_ends_after_the_profiled_steps(tmp_path):
     output_dir, profile_dir = tmp_path / "out", tmp_path / "profile"
     result = run_cli(
-        "train", "configs/examples/demo.yaml", "--bf16", "--allow-cpu", f"output_dir={output_dir}",
-        f"model_name_or_path={tmp_path / 'tiny-llama'}", "max_steps=50", "logging_steps=2",
+        "train",
+        "configs/examples/demo.yaml",
+        "--bf16",
+        "--allow-cpu",
+        f"output_dir={output_dir}",
+        f"model_name_or_path={tmp_path / 'tiny-llama'}",
+        "max_steps=50",
+        "logging_steps=2",
         **{PROFILE_ENV: f"5-6:{profile_dir}"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     profile = json.loads((profile_dir / "profile.json").read_text())
     assert profile["steps"] == 2 and profile["wall_s"] > 0 and profile["kernels"]

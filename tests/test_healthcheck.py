@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from llamafactory_fp8.progress import RankProgress
 from llamafactory_fp8.records import write_record
 from llamafactory_fp8.run_info import RunState, write_state
@@ -26,8 +25,10 @@ def healthcheck(state_dir, profile="no-gpu", **env):
     result = subprocess.run(
         [sys.executable, "-m", "llamafactory_fp8_healthcheck"],
         env=cli_env(profile, LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, result.stdout + result.stderr
     return result.returncode, lines[0]
@@ -62,7 +63,9 @@ def test_training_is_judged_against_a_few_steps_never_less_than_the_floor(tmp_pa
     assert code == 0 and line == "healthy: step 812 of 5000, last step 700 s ago (window 1000 s; a step takes ~200.0 s)"
     run_with_ranks(tmp_path, sleeper.pid, rank(ago=1100, step_seconds=200))
     code, line = healthcheck(tmp_path, LLAMAFACTORY_FP8_STALL_AFTER_S="600")
-    assert code == 1 and line.startswith("unhealthy: rank 0 stalled: step 812 of 5000, last step 1100 s ago (window 1000 s")
+    assert code == 1 and line.startswith(
+        "unhealthy: rank 0 stalled: step 812 of 5000, last step 1100 s ago (window 1000 s"
+    )
     run_with_ranks(tmp_path, sleeper.pid, rank(ago=700, step_seconds=2))
     assert healthcheck(tmp_path, LLAMAFACTORY_FP8_STALL_AFTER_S="600")[0] == 1, "fast steps: the floor applies"
 
@@ -70,8 +73,9 @@ def test_training_is_judged_against_a_few_steps_never_less_than_the_floor(tmp_pa
 def test_a_save_has_its_own_limit_from_its_start(tmp_path, sleeper):
     run_with_ranks(tmp_path, sleeper.pid, rank(phase="saving", ago=95, detail="checkpoint-800"))
     assert healthcheck(tmp_path, LLAMAFACTORY_FP8_STALL_AFTER_S="60") == (
-        0, "healthy: step 812, saving checkpoint-800 for 95 s (limit 1800 s)"
-    )  # fmt: skip
+        0,
+        "healthy: step 812, saving checkpoint-800 for 95 s (limit 1800 s)",
+    )
     code, line = healthcheck(tmp_path, LLAMAFACTORY_FP8_SAVE_LIMIT_S="60")
     assert code == 1 and line == "unhealthy: rank 0 stalled: step 812, saving checkpoint-800 for 95 s (limit 60 s)"
 
@@ -99,8 +103,9 @@ def test_the_first_step_has_the_start_up_window(tmp_path, sleeper):
 def test_one_rank_standing_still_makes_the_node_unhealthy(tmp_path, sleeper):
     run_with_ranks(tmp_path, sleeper.pid, rank(0, ago=2), rank(1, ago=120, step=811), rank(2, ago=3))
     assert healthcheck(tmp_path, LLAMAFACTORY_FP8_STALL_AFTER_S="60") == (
-        1, "unhealthy: rank 1 stalled: step 811 of 5000, last step 120 s ago (window 60 s; a step takes ~10.0 s)"
-    )  # fmt: skip
+        1,
+        "unhealthy: rank 1 stalled: step 811 of 5000, last step 120 s ago (window 60 s; a step takes ~10.0 s)",
+    )
     run_with_ranks(tmp_path, sleeper.pid, rank(0, ago=2), rank(1, ago=3), rank(2, ago=1))
     code, line = healthcheck(tmp_path, LLAMAFACTORY_FP8_STALL_AFTER_S="60")
     assert code == 0 and line.endswith("(the slowest of 3 ranks)")
@@ -142,11 +147,23 @@ def test_no_run_recorded_is_unhealthy(tmp_path):
 
 def start_training(tmp_path, *overrides, **env) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "llamafactory_fp8", "train", DEMO, "--allow-cpu", f"output_dir={tmp_path / 'out'}",
-         f"model_name_or_path={tmp_path / 'model'}", *overrides],
-        cwd=ROOT, env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state"), **env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llamafactory_fp8",
+            "train",
+            DEMO,
+            "--allow-cpu",
+            f"output_dir={tmp_path / 'out'}",
+            f"model_name_or_path={tmp_path / 'model'}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state"), **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def watch_health(tmp_path, trainer, until, timeout=300, **env) -> list[tuple[int, str]]:
@@ -180,17 +197,26 @@ def test_a_run_that_logs_rarely_is_healthy_every_step_and_finishes_healthy(tmp_p
 @pytest.mark.slow
 def test_a_slow_save_is_healthy_within_its_limit_and_unhealthy_past_it(tmp_path):
     """A model large enough that a checkpoint takes seconds to write, far past a 1 s training window."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from llamafactory_fp8.demo import build_demo_model
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     build_demo_model(tmp_path / "model", ROOT / "data")
     config = LlamaConfig.from_pretrained(tmp_path / "model")
-    config.update(dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12))
+    config.update(
+        dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=12,
+        )
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "model")  # ~90M parameters, with the demo's tokenizer
     trainer = start_training(tmp_path, "max_steps=4", "save_steps=2", "per_device_train_batch_size=1", "cutoff_len=16")
     try:
-        saving = watch_health(tmp_path, trainer, lambda line: "saving checkpoint-2 for" in line, LLAMAFACTORY_FP8_STALL_AFTER_S="1")
+        saving = watch_health(
+            tmp_path, trainer, lambda line: "saving checkpoint-2 for" in line, LLAMAFACTORY_FP8_STALL_AFTER_S="1"
+        )
         assert saving[-1][0] == 0 and "(limit 1800 s)" in saving[-1][1]
         code, line = healthcheck(tmp_path / "state", LLAMAFACTORY_FP8_SAVE_LIMIT_S="0.01")
         assert code == 1 and "saving checkpoint-2 for" in line and "(limit 0 s)" in line
@@ -207,9 +233,13 @@ def test_a_slow_start_is_healthy_while_the_dataset_is_tokenized(tmp_path):
     records = json.loads((data / "demo" / "sft.json").read_text())
     (data / "demo" / "sft.json").write_text(json.dumps(records * (300_000 // len(records) + 1)))
     trainer = start_training(
-        tmp_path, f"dataset_dir={data}", "max_steps=2", "preprocessing_num_workers=1",
-        HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "hf" / "datasets"),
-    )  # fmt: skip
+        tmp_path,
+        f"dataset_dir={data}",
+        "max_steps=2",
+        "preprocessing_num_workers=1",
+        HF_HOME=str(tmp_path / "hf"),
+        HF_DATASETS_CACHE=str(tmp_path / "hf" / "datasets"),
+    )
     window_s = 8
     try:
         since: list[float] = []
@@ -219,7 +249,9 @@ def test_a_slow_start_is_healthy_while_the_dataset_is_tokenized(tmp_path):
                 since.append(since[0] if since else time.time())
             return bool(since) and time.time() - since[0] > window_s + 4
 
-        seen = watch_health(tmp_path, trainer, preprocessing_outlasted_the_window, LLAMAFACTORY_FP8_STARTUP_GRACE_S=str(window_s))
+        seen = watch_health(
+            tmp_path, trainer, preprocessing_outlasted_the_window, LLAMAFACTORY_FP8_STARTUP_GRACE_S=str(window_s)
+        )
         assert all(code == 0 for code, _ in seen), [line for code, line in seen if code]
     finally:
         assert trainer.wait(timeout=900) == 0, trainer.stderr.read()[-3000:]

@@ -20,7 +20,9 @@ PROBE = """
 import json, os, sys
 from llamafactory.hparams import TrainingArguments
 from llamafactory.train.fp8_utils import configure_fp8_environment
-args = TrainingArguments(output_dir=sys.argv[1], bf16=True, use_cpu=True, fp8=sys.argv[2] == "fp8", fp8_backend=sys.argv[3])
+args = TrainingArguments(
+    output_dir=sys.argv[1], bf16=True, use_cpu=True, fp8=sys.argv[2] == "fp8", fp8_backend=sys.argv[3]
+)
 try:
     configure_fp8_environment(args)
     outcome = "ok"
@@ -37,8 +39,9 @@ def pristine(tmp_path_factory) -> Path:
     download = tmp_path_factory.mktemp("wheel")
     fetched = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"llamafactory=={VERSION}", "-d", str(download)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     if fetched.returncode != 0:
         pytest.skip(f"cannot fetch llamafactory=={VERSION} from the package index: {fetched.stderr.strip()[-200:]}")
     unpacked = tmp_path_factory.mktemp("pristine")
@@ -53,8 +56,11 @@ def probe(tmp_path, fp8: bool, backend: str, env: dict, pristine_dir: Path | Non
         clean["PYTHONPATH"] = str(pristine_dir)
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path), "fp8" if fp8 else "no", backend],
-        env={**clean, **env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -62,7 +68,9 @@ def probe(tmp_path, fp8: bool, backend: str, env: dict, pristine_dir: Path | Non
 def test_patches_apply_cleanly_to_the_published_release(pristine, tmp_path):
     for change in PATCHES:
         applied = subprocess.run(
-            ["patch", "--dry-run", "--forward", "-p1", "-d", str(pristine), "-i", str(change)], capture_output=True, text=True
+            ["patch", "--dry-run", "--forward", "-p1", "-d", str(pristine), "-i", str(change)],
+            capture_output=True,
+            text=True,
         )
         assert applied.returncode == 0, applied.stdout + applied.stderr
 
@@ -105,7 +113,9 @@ def test_llamafactory_te_recipe_only_fills_what_the_config_left_unset(tmp_path):
 
 
 def test_config_backend_wins_over_yaml_backend(tmp_path):
-    after = probe(tmp_path, fp8=True, backend="te", env={"ACCELERATE_MIXED_PRECISION": "fp8", "ACCELERATE_FP8_BACKEND": "AO"})
+    after = probe(
+        tmp_path, fp8=True, backend="te", env={"ACCELERATE_MIXED_PRECISION": "fp8", "ACCELERATE_FP8_BACKEND": "AO"}
+    )
     assert after["env"]["ACCELERATE_FP8_BACKEND"] == "AO"
     assert "ACCELERATE_FP8_AMAX_HISTORY_LEN" not in after["env"], "no TE recipe for a torchao run"
 

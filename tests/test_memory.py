@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from llamafactory_fp8 import inspection as inspection_module
 from llamafactory_fp8 import memory
 from llamafactory_fp8.cli import main
@@ -82,7 +81,12 @@ def profile_for(device: str) -> str:
     """The recorded NVML profile of the GPU the run measured on."""
     for path in sorted(PROFILES.glob("*.json")):
         devices = json.loads(path.read_text()).get("devices", [])
-        if len(devices) == 1 and devices[0]["name"] == device and not devices[0].get("mig_mode") and not devices[0].get("ecc_uncorrected"):
+        if (
+            len(devices) == 1
+            and devices[0]["name"] == device
+            and not devices[0].get("mig_mode")
+            and not devices[0].get("ecc_uncorrected")
+        ):
             return path.stem
     raise AssertionError(f"no recorded NVML profile for {device}: record one with scripts/record_nvml_profile.py")
 
@@ -103,7 +107,9 @@ def test_every_result_with_a_peak_is_checked():
     assert len(MEASURED) >= 20  # the results committed when this test was written: none may drop out unseen
 
 
-def replay(path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profile, as_a_user: bool = False) -> tuple[dict, dict]:
+def replay(
+    path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profile, as_a_user: bool = False
+) -> tuple[dict, dict]:
     """The launcher's --dry-run plan for one committed run, on the recorded profile of its GPU: with the arguments
     the bench gave it and the strategy that ran, or `as_a_user`, without the bench's --strategy and
     --no-memory-check (what a user types for the same YAML)."""
@@ -138,10 +144,14 @@ def replay(path: Path, index: int, run_bench, tmp_path, monkeypatch, nvml_profil
 
 
 @pytest.mark.parametrize("path, index", MEASURED, ids=[f"{p.parent.name}-{i}" for p, i in MEASURED])
-def test_the_estimate_is_within_15_percent_of_each_measured_peak(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+def test_the_estimate_is_within_15_percent_of_each_measured_peak(
+    path, index, run_bench, tmp_path, monkeypatch, nvml_profile
+):
     result, decision = replay(path, index, run_bench, tmp_path, monkeypatch, nvml_profile)
     estimate, measured = decision["memory"]["allocator_gib"], result["peak_reserved_gib"]
-    assert abs(estimate / measured - 1) <= TOLERANCE, f"{result['case']}: estimated {estimate:.1f} GiB, measured {measured} GiB"
+    assert abs(estimate / measured - 1) <= TOLERANCE, (
+        f"{result['case']}: estimated {estimate:.1f} GiB, measured {measured} GiB"
+    )
 
 
 with bench_module() as _run_bench:  # every run that trained to its end on one device, with its peak measured
@@ -154,7 +164,9 @@ with bench_module() as _run_bench:  # every run that trained to its end on one d
 
 
 @pytest.mark.parametrize("path, index", FITTED_ONE_GPU, ids=[f"{p.parent.name}-{i}" for p, i in FITTED_ONE_GPU])
-def test_a_run_measured_to_fit_one_gpu_is_planned_on_one_gpu(path, index, run_bench, tmp_path, monkeypatch, nvml_profile):
+def test_a_run_measured_to_fit_one_gpu_is_planned_on_one_gpu(
+    path, index, run_bench, tmp_path, monkeypatch, nvml_profile
+):
     """Not refused, and not sent to CPU offload or another strategy by an estimate larger than the run."""
     result, decision = replay(path, index, run_bench, tmp_path, monkeypatch, nvml_profile, as_a_user=True)
     planned = decision["strategy"]["strategy"]["name"]
@@ -179,12 +191,31 @@ def test_each_input_moves_the_estimate_the_way_it_should(estimate):
     base = estimate({"per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
     assert estimate({"per_device_train_batch_size": 8, "disable_gradient_checkpointing": True}).total_gib > base
     assert estimate({"per_device_train_batch_size": 4}).total_gib < base, "gradient checkpointing saves memory"
-    assert estimate({"per_device_train_batch_size": 4, "disable_gradient_checkpointing": True, "optim": "adamw_8bit"}).total_gib < base
-    lora = estimate({"finetuning_type": "lora", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
-    qlora = estimate({"finetuning_type": "lora", "quantization_bit": 4, "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
-    freeze = estimate({"finetuning_type": "freeze", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}).total_gib
+    assert (
+        estimate(
+            {"per_device_train_batch_size": 4, "disable_gradient_checkpointing": True, "optim": "adamw_8bit"}
+        ).total_gib
+        < base
+    )
+    lora = estimate(
+        {"finetuning_type": "lora", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}
+    ).total_gib
+    qlora = estimate(
+        {
+            "finetuning_type": "lora",
+            "quantization_bit": 4,
+            "per_device_train_batch_size": 4,
+            "disable_gradient_checkpointing": True,
+        }
+    ).total_gib
+    freeze = estimate(
+        {"finetuning_type": "freeze", "per_device_train_batch_size": 4, "disable_gradient_checkpointing": True}
+    ).total_gib
     assert qlora < lora < base and freeze < base
-    sharded = [estimate({"per_device_train_batch_size": 4}, strategy=s, world=8).total_gib for s in ("ddp", "deepspeed-zero2", "fsdp2")]
+    sharded = [
+        estimate({"per_device_train_batch_size": 4}, strategy=s, world=8).total_gib
+        for s in ("ddp", "deepspeed-zero2", "fsdp2")
+    ]
     assert sharded == sorted(sharded, reverse=True), "each strategy splits more than the one before"
     offload = estimate({"per_device_train_batch_size": 4}, strategy="fsdp2-offload", world=8)
     assert offload.total_gib < sharded[-1] and offload.host_gib > 100, "offload moves the training state to the CPU"

@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from llamafactory_fp8.model_facts import estimate_parameters
 
 from .conftest import BENCH_MODELS, model_dir, run_cli
@@ -41,9 +40,15 @@ class FakeHub(BaseHTTPRequestHandler):
             return self.refuse(404, "RepoNotFound", "Repository not found")
         token = self.headers.get("Authorization")
         if repo == GATED and token is None:
-            return self.refuse(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access to it and be authenticated to access it.")
+            return self.refuse(
+                401,
+                "GatedRepo",
+                f"Access to model {repo} is restricted. You must have access to it and be authenticated to access it.",
+            )
         if repo == GATED and token != f"Bearer {GRANTED_TOKEN}":
-            return self.refuse(403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the authorized list.")
+            return self.refuse(
+                403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the authorized list."
+            )
         content = CONFIGS[repo].read_bytes()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -77,8 +82,16 @@ def hub():
 
 
 def dry_run(tmp_path, endpoint, *args, profile="h100-sxm-x8", **env):
-    environment = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "0", **env}
-    return run_cli("train", MY_MODEL, "--dry-run", f"output_dir={tmp_path / 'out'}", *args, profile=profile, **environment)
+    environment = {
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_TOKEN": "",
+        "HF_HUB_OFFLINE": "0",
+        **env,
+    }
+    return run_cli(
+        "train", MY_MODEL, "--dry-run", f"output_dir={tmp_path / 'out'}", *args, profile=profile, **environment
+    )
 
 
 def one_error_line(result) -> str:
@@ -93,7 +106,9 @@ def test_the_shipped_example_gets_fp8_on_eight_h100s_once_its_config_json_is_fet
     assert result.returncode == 0, result.stderr
     assert f"~8.03B parameters (config.json from the Hugging Face Hub ({hub}, revision main))" in result.stdout
     assert "FP8 (torchao) on cuda, 8 processes" in result.stdout
-    assert FakeHub.requests and all(path == f"/{GATED}/resolve/main/config.json" for path in FakeHub.requests), "config.json alone"
+    assert FakeHub.requests and all(path == f"/{GATED}/resolve/main/config.json" for path in FakeHub.requests), (
+        "config.json alone"
+    )
 
 
 @pytest.mark.parametrize("token", ["", "hf_not_granted"], ids=["no token (401)", "a token without access (403)"])
@@ -146,7 +161,15 @@ def test_modelscope_without_its_package_is_one_line(tmp_path, hub):
 
 def test_parameter_counts_of_the_shapes_in_the_repo():
     """Against the sizes their model cards give."""
-    expected = {"qwen2.5-0.5b": 0.494, "llama-3.2-1b": 1.24, "qwen2.5-3b": 3.09, "qwen2.5-7b": 7.62, "llama-3.1-8b": 8.03, "llama-3.1-70b": 70.6, "llama-3.1-405b": 405.9}
+    expected = {
+        "qwen2.5-0.5b": 0.494,
+        "llama-3.2-1b": 1.24,
+        "qwen2.5-3b": 3.09,
+        "qwen2.5-7b": 7.62,
+        "llama-3.1-8b": 8.03,
+        "llama-3.1-70b": 70.6,
+        "llama-3.1-405b": 405.9,
+    }
     for name, billions in expected.items():
         config = json.loads((model_dir(name) / "config.json").read_text())
         assert estimate_parameters(config) / 1e9 == pytest.approx(billions, rel=0.01), name

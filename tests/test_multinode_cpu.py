@@ -2,7 +2,6 @@
 gives, one gloo group training the tiny demo model together."""
 
 import pytest
-
 from llamafactory_fp8.demo import build_demo_model
 
 from .conftest import ROOT, start_two_nodes

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import yaml
-
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
@@ -48,12 +47,26 @@ CASES = [
     ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8": True}, {"precision": "bf16"}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
     # the user's explicit keys beat auto; flags beat them
     ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8_backend": "te"}, {}, ALL_FP8_BACKENDS, ("fp8", "te", 1)),
-    ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8_backend": "te"}, {"backend": "torchao"}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
+    (
+        "h100-sxm",
+        "llama-3.1-8b",
+        {**FULL, "fp8_backend": "te"},
+        {"backend": "torchao"},
+        ALL_FP8_BACKENDS,
+        ("fp8", "torchao", 1),
+    ),
     ("h100-sxm", "llama-3.1-8b", {**FULL, "fp8": False}, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
     ("h100-sxm", "llama-3.1-8b", {**FULL, "fp16": True}, {}, ALL_FP8_BACKENDS, ("fp16", None, 1)),
     ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {}, ALL_FP8_BACKENDS, ("fp8", "te", 1)),
     ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {}, frozenset({"torchao"}), ("bf16", None, 1)),
-    ("h100-sxm", "llama-3.1-8b", {**FULL, "torch_compile": False}, {"precision": "fp8"}, frozenset({"torchao"}), ("fp8", "torchao", 1)),
+    (
+        "h100-sxm",
+        "llama-3.1-8b",
+        {**FULL, "torch_compile": False},
+        {"precision": "fp8"},
+        frozenset({"torchao"}),
+        ("fp8", "torchao", 1),
+    ),
 ]
 
 
@@ -80,13 +93,29 @@ def test_a_yaml_backend_is_kept_and_said(planner):
 
 
 def test_fp8_forced_through_torchao_replaces_the_users_torch_compile_and_says_so(planner):
-    plan = planner("h100-sxm", {**model("llama-3.1-8b"), **FULL, "torch_compile": False}, backends=frozenset({"torchao"}), precision="fp8", memory_check=False)
+    plan = planner(
+        "h100-sxm",
+        {**model("llama-3.1-8b"), **FULL, "torch_compile": False},
+        backends=frozenset({"torchao"}),
+        precision="fp8",
+        memory_check=False,
+    )
     (replaced,) = plan.replaced
-    assert (replaced.name, replaced.replaces, replaced.value, replaced.source) == ("torch_compile", (False,), True, "flag")
+    assert (replaced.name, replaced.replaces, replaced.value, replaced.source) == (
+        "torch_compile",
+        (False,),
+        True,
+        "flag",
+    )
 
 
 def test_auto_keeps_bf16_where_the_user_turned_compile_off_and_only_torchao_is_there(planner):
-    plan = planner("h100-sxm", {**model("llama-3.1-8b"), **FULL, "torch_compile": False}, backends=frozenset({"torchao"}), memory_check=False)
+    plan = planner(
+        "h100-sxm",
+        {**model("llama-3.1-8b"), **FULL, "torch_compile": False},
+        backends=frozenset({"torchao"}),
+        memory_check=False,
+    )
     assert "BF16 because torchao FP8 needs torch_compile, which the training YAML turns off" in plan.decision.reasons
 
 
@@ -103,8 +132,22 @@ REFUSALS = [
     ("h100-sxm", {"stage": "kto"}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "not kto"),
     ("h100-sxm", {"quantization_bit": 4}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "quantized"),
     ("h100-sxm", FULL, {"precision": "fp8"}, frozenset(), FP8Unavailable, "no FP8 backend"),
-    ("h100-sxm", FULL, {"precision": "fp8", "backend": "te"}, frozenset({"torchao"}), FP8Unavailable, "te is not installed"),
-    ("h100-sxm", {**FULL, "fp8": True, "fp8_backend": "msamp"}, {}, ALL_FP8_BACKENDS, FP8Unavailable, "msamp is not one this launcher runs"),
+    (
+        "h100-sxm",
+        FULL,
+        {"precision": "fp8", "backend": "te"},
+        frozenset({"torchao"}),
+        FP8Unavailable,
+        "te is not installed",
+    ),
+    (
+        "h100-sxm",
+        {**FULL, "fp8": True, "fp8_backend": "msamp"},
+        {},
+        ALL_FP8_BACKENDS,
+        FP8Unavailable,
+        "msamp is not one this launcher runs",
+    ),
     ("t4", FULL, {"precision": "bf16"}, ALL_FP8_BACKENDS, BF16Unavailable, "no BF16"),
     ("no-gpu", FULL, {}, ALL_FP8_BACKENDS, NoGpu, "--gpus all"),
     ("no-gpu", FULL, {"precision": "fp8", "allow_cpu": True}, ALL_FP8_BACKENDS, FP8Unavailable, "needs a GPU"),
@@ -157,7 +200,9 @@ def test_auto_never_keeps_the_slower_precision_on_a_measured_shape(planner, tmp_
         config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
         folder = tmp_path / f"{shape}-{layers}"
         folder.mkdir(exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers or config["num_hidden_layers"]}))
+        (folder / "config.json").write_text(
+            json.dumps({**config, "num_hidden_layers": layers or config["num_hidden_layers"]})
+        )
         keys = {"model_name_or_path": str(folder), "finetuning_type": finetuning}
         chosen = planner("h100-sxm", keys, backends=frozenset({"torchao"}), memory_check=False).decision.precision
         if speedup >= 1.05:
@@ -198,8 +243,17 @@ def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):
 
 
 ADVISED_KEY = re.compile(r"(\w+): (\w+)")
-ONE_SEQUENCE_FULL = {"finetuning_type": "full", "per_device_train_batch_size": 1, "disable_gradient_checkpointing": True}
-TWO_SEQUENCES_LORA = {"finetuning_type": "lora", "lora_target": "all", "per_device_train_batch_size": 2, "disable_gradient_checkpointing": True}
+ONE_SEQUENCE_FULL = {
+    "finetuning_type": "full",
+    "per_device_train_batch_size": 1,
+    "disable_gradient_checkpointing": True,
+}
+TWO_SEQUENCES_LORA = {
+    "finetuning_type": "lora",
+    "lora_target": "all",
+    "per_device_train_batch_size": 2,
+    "disable_gradient_checkpointing": True,
+}
 
 
 @pytest.mark.parametrize(
@@ -220,7 +274,9 @@ def test_fp8_with_few_tokens_per_micro_batch_is_told_the_larger_batch_that_fits(
     assert tip in render_block(plan)
     advised = {key: yaml.safe_load(value) for key, value in ADVISED_KEY.findall(tip)}
     assert advised["per_device_train_batch_size"] > keys["per_device_train_batch_size"]
-    assert "disable_gradient_checkpointing" not in advised or keys["finetuning_type"] == "full"  # measured faster there only
+    assert (
+        "disable_gradient_checkpointing" not in advised or keys["finetuning_type"] == "full"
+    )  # measured faster there only
 
     followed = planner(profile, {**yaml_keys, **advised}, precision="fp8")  # a plan that does not fit raises DoesNotFit
     assert followed.decision.strategy.strategy.name == plan.decision.strategy.strategy.name

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 from llamafactory_fp8.records import read_record, write_record
 from llamafactory_fp8.resume import RunRecord, outcome, plan_resume, record_path
-from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 from llamafactory_fp8.topology import Topology
+from safetensors.torch import save_file
 
 
 def checkpoint(output_dir, step, complete=True):

@@ -7,7 +7,11 @@ import pytest
 
 from .conftest import ALL_STRATEGIES, model_dir, run_cli
 
-EIGHT_B_FULL = {"model_name_or_path": str(model_dir("llama-3.1-8b")), "finetuning_type": "full", "per_device_train_batch_size": 2}
+EIGHT_B_FULL = {
+    "model_name_or_path": str(model_dir("llama-3.1-8b")),
+    "finetuning_type": "full",
+    "per_device_train_batch_size": 2,
+}
 SEVENTY_B_FULL = {**EIGHT_B_FULL, "model_name_or_path": str(model_dir("llama-3.1-70b"))}
 WITHOUT_DEEPSPEED = frozenset(name for name in ALL_STRATEGIES if "deepspeed" not in name)
 
@@ -35,7 +39,10 @@ def test_a_yaml_deepspeed_config_is_kept_reported_and_estimated_as_its_stage(pla
     assert keys_of(plan)["deepspeed"].argument is None, "LLaMA-Factory reads it from the YAML, as the user wrote it"
     assert not plan.replaced
     assert decision.memory.strategy == "deepspeed-zero3"
-    assert decision.precision == "bf16" and "BF16 because FP8 may stay off under DeepSpeed ZeRO-3 (accelerate#3360)" in decision.reasons
+    assert (
+        decision.precision == "bf16"
+        and "BF16 because FP8 may stay off under DeepSpeed ZeRO-3 (accelerate#3360)" in decision.reasons
+    )
 
 
 def test_a_yaml_with_offload_in_its_deepspeed_config_is_estimated_as_offload(planner, deepspeed_json):
@@ -47,14 +54,25 @@ def test_a_yaml_with_offload_in_its_deepspeed_config_is_estimated_as_offload(pla
 
 def test_llamafactorys_own_fsdp_fp8_example_is_kept_as_fsdp(planner):
     """examples/extras/fp8/llama3_fp8_fsdp_sft.yaml's keys: Transformers' fsdp, FP8 through torchao."""
-    keys = {**EIGHT_B_FULL, "fsdp": "full_shard auto_wrap", "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-            "fp8": True, "fp8_backend": "torchao", "fp8_enable_fsdp_float8_all_gather": True}  # fmt: skip
+    keys = {
+        **EIGHT_B_FULL,
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "fp8": True,
+        "fp8_backend": "torchao",
+        "fp8_enable_fsdp_float8_all_gather": True,
+    }
     plan = planner("h100-sxm-x8", keys)
     decision = plan.decision
     assert (decision.precision, decision.backend.name) == ("fp8", "torchao")
-    assert (decision.strategy.strategy.name, decision.strategy.kept_from_yaml) == ("fsdp2", "fsdp: full_shard auto_wrap")
+    assert (decision.strategy.strategy.name, decision.strategy.kept_from_yaml) == (
+        "fsdp2",
+        "fsdp: full_shard auto_wrap",
+    )
     assert "FSDP2 from the training YAML (fsdp: full_shard auto_wrap)" in decision.reasons
-    assert [path.name for path in plan.accelerate.sources] == ["fp8-torchao.yaml", "multi-gpu.yaml"], "the Trainer sets up FSDP"
+    assert [path.name for path in plan.accelerate.sources] == ["fp8-torchao.yaml", "multi-gpu.yaml"], (
+        "the Trainer sets up FSDP"
+    )
     assert plan.accelerate.values["num_processes"] == 8
     assert decision.memory.strategy == "fsdp2"
 
@@ -96,7 +114,9 @@ def test_a_forced_strategy_that_does_not_fit_warns_and_runs(tmp_path):
     result = run_cli("train", str(config), "--strategy", "ddp", "--dry-run", profile="h100-sxm-x8")
     assert result.returncode == 0, result.stderr
     (warning,) = result.stderr.strip().splitlines()
-    assert warning.startswith("llamafactory-fp8: warning: data parallel needs ~") and "it may run out of memory" in warning
+    assert (
+        warning.startswith("llamafactory-fp8: warning: data parallel needs ~") and "it may run out of memory" in warning
+    )
     assert "\n  warning" in result.stdout
 
 
@@ -108,7 +128,9 @@ def test_a_forced_strategy_that_does_not_fit_warns_and_runs(tmp_path):
         ("fp8", ALL_STRATEGIES, "fsdp2"),  # FP8 may stay off under DeepSpeed
     ],
 )
-def test_auto_takes_the_fastest_strategy_that_fits_and_says_what_the_faster_one_needed(planner, precision, strategies, expected):
+def test_auto_takes_the_fastest_strategy_that_fits_and_says_what_the_faster_one_needed(
+    planner, precision, strategies, expected
+):
     plan = planner("h100-sxm-x8", EIGHT_B_FULL, precision=precision, strategies=strategies)
     decision = plan.decision
     assert decision.strategy.strategy.name == expected

@@ -21,7 +21,12 @@ def losses(output_dir):
     [
         ("full", [], "model.safetensors", 1.5),
         # LoRA over a frozen random-init base learns far less than full fine-tuning; it still must learn.
-        ("lora", ["finetuning_type=lora", "lora_target=all", "lora_rank=16", "learning_rate=1.0e-2", "max_steps=60"], "adapter_model.safetensors", 0.25),
+        (
+            "lora",
+            ["finetuning_type=lora", "lora_target=all", "lora_rank=16", "learning_rate=1.0e-2", "max_steps=60"],
+            "adapter_model.safetensors",
+            0.25,
+        ),
     ],
 )
 def test_demo_trains_and_loss_goes_down(tmp_path, finetuning, extra, weights, min_drop):
@@ -44,7 +49,9 @@ def test_demo_trains_and_loss_goes_down(tmp_path, finetuning, extra, weights, mi
 
 def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     output_dir = tmp_path / "out"
-    result = run_cli("train", DEMO, "--allow-cpu", f"output_dir={output_dir}", f"model_name_or_path={tmp_path / 'm'}", "--dry-run")
+    result = run_cli(
+        "train", DEMO, "--allow-cpu", f"output_dir={output_dir}", f"model_name_or_path={tmp_path / 'm'}", "--dry-run"
+    )
     assert result.returncode == 0, result.stderr
     for label in ("GPUs", "model", "training", "choice", "why", "accelerate", "command"):
         assert f"\n  {label}" in result.stdout
@@ -53,7 +60,9 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
 
 
 def test_dry_run_on_an_h100_shows_the_fp8_keys(tmp_path):
-    pytest.importorskip("torchao", reason="the FP8 dry run needs an FP8 backend installed (scripts/bootstrap adds torchao)")
+    pytest.importorskip(
+        "torchao", reason="the FP8 dry run needs an FP8 backend installed (scripts/bootstrap adds torchao)"
+    )
     result = run_cli("train", DEMO, "--fp8", f"output_dir={tmp_path}/out", "--dry-run", profile="h100-sxm")
     assert result.returncode == 0, result.stderr
     assert "FP8 (torchao) on cuda, 1 process" in result.stdout
@@ -71,7 +80,15 @@ def test_inspect_reports_gpus_and_choice():
 
 def test_dry_run_json_emits_the_plan_the_block_prints(tmp_path):
     output_dir = tmp_path / "out"
-    args = ["train", DEMO, "--allow-cpu", f"output_dir={output_dir}", f"model_name_or_path={tmp_path / 'm'}", "max_steps=7", "--dry-run"]
+    args = [
+        "train",
+        DEMO,
+        "--allow-cpu",
+        f"output_dir={output_dir}",
+        f"model_name_or_path={tmp_path / 'm'}",
+        "max_steps=7",
+        "--dry-run",
+    ]
     plan = json.loads(run_cli(*args, "--json").stdout)
     block = run_cli(*args).stdout
     keys = {key["name"]: key for key in plan["training_keys"]}

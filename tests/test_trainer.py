@@ -4,7 +4,6 @@ TE 2.20: `transformer_engine.pytorch` does not import its `fp8` submodule, which
 import sys
 
 import pytest
-
 from llamafactory_fp8.trainer import let_accelerate_find_te_fp8
 
 

@@ -1,10 +1,10 @@
 """Make the stand-in's Python packages look as NGC's do, next to the torch installed from the CPU wheel.
 
-  relabel-torch VERSION       torch gets NGC's kind of version, a pre-release with a local tag, which a
-                              requirement such as `torch>=2.10` refuses; its code stays what was installed
-  metadata-only NAME VERSION  a distribution with metadata and no code: Transformer Engine and flash-attn cannot
-                              run on a CPU, but their metadata proves an install never replaces them, and
-                              `import` still finds no module, as on a machine without them
+relabel-torch VERSION       torch gets NGC's kind of version, a pre-release with a local tag, which a
+                            requirement such as `torch>=2.10` refuses; its code stays what was installed
+metadata-only NAME VERSION  a distribution with metadata and no code: Transformer Engine and flash-attn cannot
+                            run on a CPU, but their metadata proves an install never replaces them, and
+                            `import` still finds no module, as on a machine without them
 """
 
 import importlib.metadata

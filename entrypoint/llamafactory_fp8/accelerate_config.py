@@ -16,7 +16,9 @@ NON_FP8_PRECISION_FILE = "bf16.yaml"  # its mixed_precision is replaced for FP16
 KEPT_STRATEGY_LAYOUT = "multi-gpu.yaml"  # a strategy kept from the YAML is set up by the Trainer from its keys
 
 
-def render_accelerate_config(decision: Decision, topology: Topology, configs_dir: Path) -> tuple[dict, tuple[Path, ...]]:
+def render_accelerate_config(
+    decision: Decision, topology: Topology, configs_dir: Path
+) -> tuple[dict, tuple[Path, ...]]:
     """The config as a mapping, and the files it came from (for the report)."""
     precision_file = decision.backend.accelerate_file if decision.backend else NON_FP8_PRECISION_FILE
     sources = [configs_dir / precision_file]
@@ -28,7 +30,9 @@ def render_accelerate_config(decision: Decision, topology: Topology, configs_dir
     if layered:
         layout = KEPT_STRATEGY_LAYOUT if decision.strategy.kept_from_yaml else strategy.accelerate_layout
         sources.append(configs_dir / layout)
-        values.update({key: value for key, value in load_accelerate_config(sources[1]).items() if key != "mixed_precision"})
+        values.update(
+            {key: value for key, value in load_accelerate_config(sources[1]).items() if key != "mixed_precision"}
+        )
 
     values["num_processes"] = num_processes
     values["num_machines"] = topology.num_machines

@@ -4,9 +4,9 @@ report) reads these. Adding a backend is one record here plus its file under con
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,14 @@ TORCHAO = FP8Backend(
     # Compiled, the short last batch of an epoch makes torch.compile recompile with a dynamic batch size, after
     # which FP8 ran at 0.59x of BF16 (bench/results/superseded-parity-recompile/): so the last batch is dropped.
     training_keys=MappingProxyType(
-        {"fp8": True, "fp8_backend": "torchao", "bf16": True, "fp16": False, "torch_compile": True, "dataloader_drop_last": True}
+        {
+            "fp8": True,
+            "fp8_backend": "torchao",
+            "bf16": True,
+            "fp16": False,
+            "torch_compile": True,
+            "dataloader_drop_last": True,
+        }
     ),
     needs_compile=True,
     # Fitted with the other terms of memory.py to every committed torchao run (bench/results/{smoke,repeat,small,
@@ -49,7 +56,9 @@ TE = FP8Backend(
     name="te",
     module="transformer_engine",
     accelerate_file="fp8-te.yaml",
-    training_keys=MappingProxyType({"fp8": True, "fp8_backend": "te", "bf16": True, "fp16": False, "torch_compile": False}),
+    training_keys=MappingProxyType(
+        {"fp8": True, "fp8_backend": "te", "bf16": True, "fp16": False, "torch_compile": False}
+    ),
     needs_compile=False,
     activation_factor=0.88,  # fitted to bench/results/te-eager (Transformer Engine against BF16, both eager)
     why="Transformer Engine Linear layers, delayed scaling, eager (TE refuses torch.compile)",

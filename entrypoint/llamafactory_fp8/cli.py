@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the plan as JSON instead of the block")
     train.set_defaults(handler=train_command)
 
-    inspect = commands.add_parser("inspect", help="show the GPUs, what `train` would choose and why, and the memory per strategy")
+    inspect = commands.add_parser(
+        "inspect", help="show the GPUs, what `train` would choose and why, and the memory per strategy"
+    )
     inspect.add_argument("config", nargs="?", type=Path, help="training YAML to decide for (default: the demo)")
     _add_decision_arguments(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--auto", dest="precision", action="store_const", const="auto", help="FP8 only where it pays (default)")
+    precision.add_argument(
+        "--auto", dest="precision", action="store_const", const="auto", help="FP8 only where it pays (default)"
+    )
     precision.add_argument("--fp8", dest="precision", action="store_const", const="fp8", help="FP8, or refuse")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="BF16")
     parser.set_defaults(precision="auto")
@@ -70,7 +74,12 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="how several GPUs share the work (auto: the YAML's deepspeed/fsdp, else the fastest that fits in memory)",
     )
-    parser.add_argument("--no-memory-check", dest="memory_check", action="store_false", help="launch even where nothing is estimated to fit")
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="launch even where nothing is estimated to fit",
+    )
     parser.add_argument("--allow-cpu", action="store_true", help="train on the CPU when no GPU is visible")
 
 
@@ -129,7 +138,13 @@ def inspect_command(request: Request, args: argparse.Namespace) -> int:
         plan, refusal = None, error
     gpus = plan.gpus if plan else read_gpus()
     if args.json:
-        print(json.dumps({"gpus": to_json(gpus), "plan": plan and to_json(plan), "refusal": refusal and str(refusal)}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"gpus": to_json(gpus), "plan": plan and to_json(plan), "refusal": refusal and str(refusal)},
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     print("GPUs:")
     print("\n".join(f"  {line}" for line in describe_gpus(gpus)))

@@ -90,7 +90,10 @@ def documented_exit_codes() -> dict[int, str]:
         TRAINING_FAILED_EXIT_CODE: "training failed: the trainer's own error is above the launcher's last line",
         **refusals,
         USAGE_EXIT_CODE: "usage error (unknown flag or value)",
-        NODE_LOST_EXIT_CODE: "another node of the job was lost (killed, or stopped answering for `ddp_timeout`): run every node's command again to resume",
-        DISK_FULL_EXIT_CODE: "the disk under output_dir is full: free space, then run the same command again to resume from the last complete checkpoint",
-        STOPPED_EXIT_CODE: "stopped on request (SIGTERM, SIGINT or SIGHUP), after saving a checkpoint or before the first step",
+        NODE_LOST_EXIT_CODE: "another node of the job was lost (killed, or stopped answering for `ddp_timeout`): "
+        "run every node's command again to resume",
+        DISK_FULL_EXIT_CODE: "the disk under output_dir is full: free space, then run the same command again to resume "
+        "from the last complete checkpoint",
+        STOPPED_EXIT_CODE: "stopped on request (SIGTERM, SIGINT or SIGHUP), after saving a checkpoint or before the "
+        "first step",
     }

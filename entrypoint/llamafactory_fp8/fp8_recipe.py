@@ -60,13 +60,18 @@ RECIPES = {
     for recipe in (
         Fp8Recipe(
             "lora-base",
-            f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); LoRA adapters and lm_head in BF16",
+            f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}); "
+            "LoRA adapters and lm_head in BF16",
             layer_filter=frozen_large_linear,
             # frozen layers keep no FP8 input for a weight gradient: the peak equals BF16's (results/lora-batch8/)
             activation_factor=1.0,
         ),
         Fp8Recipe("tensorwise-pow2", "tensorwise scaling with scales rounded to powers of 2", power_of_2_scales=True),
-        Fp8Recipe("rowwise", "rowwise scaling (one scale per row, powers of 2), CUTLASS rowwise GEMMs", torchao_recipe="rowwise"),
+        Fp8Recipe(
+            "rowwise",
+            "rowwise scaling (one scale per row, powers of 2), CUTLASS rowwise GEMMs",
+            torchao_recipe="rowwise",
+        ),
         Fp8Recipe(
             "rowwise-gw-hp",
             "rowwise scaling, the weight gradient's GEMM kept in BF16",

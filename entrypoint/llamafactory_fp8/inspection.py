@@ -5,9 +5,10 @@ once), the node's place in the job, whether output_dir can be written and what t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from . import paths
 from .backends import FP8_BACKENDS, installed_fp8_backends
@@ -77,7 +78,9 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     if uses_demo and not (workdir / training.model / "config.json").is_file():
         model = ModelLookup(training.model, None, "the demo's tiny model, built offline before training")
     else:
-        model = look_up_model(training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ)
+        model = look_up_model(
+            training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ
+        )
     return Inspection(
         request=request,
         training=training,

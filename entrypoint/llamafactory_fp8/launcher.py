@@ -3,6 +3,7 @@ stop request, the outcome recorded for the next run and for the healthcheck, the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -39,12 +40,17 @@ def build_command(accelerate_config: Path, training_config: Path, arguments: dic
     nesting two launchers. `--quiet`: a failed trainer's own traceback is the one worth reading, not Accelerate's
     on top of it."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--quiet",
-        "--config_file", str(accelerate_config),
-        "-m", "llamafactory_fp8.trainer",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--quiet",
+        "--config_file",
+        str(accelerate_config),
+        "-m",
+        "llamafactory_fp8.trainer",
         str(training_config),
         *(f"{key}={text}" for key, text in arguments.items()),
-    ]  # fmt: skip
+    ]
 
 
 def format_value(value: object) -> str:
@@ -93,7 +99,9 @@ def launch(plan: LaunchPlan) -> int:
         write_state(state, plan.state_file)
 
     write_record(RunRecord("running"), plan.run_record)
-    exit_code = run(list(plan.command), {**os.environ, **plan.environment}, stop_files, cwd=plan.workdir, on_start=started)
+    exit_code = run(
+        list(plan.command), {**os.environ, **plan.environment}, stop_files, cwd=plan.workdir, on_start=started
+    )
     answer = stop_files.read_answer()
     if answer is not None and exit_code == 0:
         exit_code = STOPPED_EXIT_CODE
@@ -155,7 +163,10 @@ def lost_node(topology: Topology, message: str) -> str:
 
 def describe_stop(answer: StopAnswer) -> str:
     if answer.checkpoint is None:
-        return f"stopped on request before the first step, with nothing to save; run the same command again to start (exit {STOPPED_EXIT_CODE})"
+        return (
+            "stopped on request before the first step, with nothing to save; "
+            f"run the same command again to start (exit {STOPPED_EXIT_CODE})"
+        )
     return (
         f"stopped on request after step {answer.step}, checkpoint saved in {answer.checkpoint}; "
         f"run the same command again to resume from it (exit {STOPPED_EXIT_CODE})"
@@ -186,10 +197,8 @@ def run(
                 flush=True,
             )
         elif child is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signum)
-            except ProcessLookupError:
-                pass
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:

@@ -56,9 +56,16 @@ DEEPSPEED_BUCKET_BYTES = 2 * 5e8 * 2  # zero2.json/zero3.json: two buckets (or l
 
 # Optimizer state bytes per trainable parameter, by Transformers' `optim` name (the first that matches).
 OPTIMIZER_STATE_BYTES = (
-    ("8bit", 2), ("4bit", 1), ("lion", 4), ("sgd", 0), ("adafactor", 0), ("lomo", 0),
-    ("adagrad", 4), ("rmsprop", 4), ("adam", 8),
-)  # fmt: skip
+    ("8bit", 2),
+    ("4bit", 1),
+    ("lion", 4),
+    ("sgd", 0),
+    ("adafactor", 0),
+    ("lomo", 0),
+    ("adagrad", 4),
+    ("rmsprop", 4),
+    ("adam", 8),
+)
 UNKNOWN_OPTIMIZER_BYTES = 8  # as AdamW: an unknown optimizer is not assumed smaller
 
 
@@ -136,12 +143,14 @@ def estimate(
     if world_size > 1:
         gib.append(("NCCL buffers", NCCL_BUFFERS_GIB))
     offloaded = sum(
-        size for placement, size in (
+        size
+        for placement, size in (
             (strategy.weights, params.trainable * 4 + params.frozen_bytes),
             (strategy.gradients, params.trainable * grad_bytes),
             (strategy.optimizer, params.trainable * optimizer_state_bytes(training.optim)),
-        ) if placement == "offloaded"
-    )  # fmt: skip
+        )
+        if placement == "offloaded"
+    )
     host = offloaded * processes_per_node / world_size / GIB
     measured_exactly = ("weights", "optimizer states", "activations, logits and gradients at the peak")
     unmeasured = fitted / GIB + sum(value for name, value in gib if name not in measured_exactly)
@@ -170,7 +179,11 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
         return _Parameters(trainable, (model.num_parameters - trainable) * 2, 0, largest_block, saving)
     targets = {name for name, _, _ in model.linear_shapes_per_layer}
     named = set(training.lora_target) & targets or targets  # "all", or names of another architecture: every linear
-    adapters = model.num_layers * training.lora_rank * sum(i + o for name, i, o in model.linear_shapes_per_layer if name in named)
+    adapters = (
+        model.num_layers
+        * training.lora_rank
+        * sum(i + o for name, i, o in model.linear_shapes_per_layer if name in named)
+    )
     frozen = model.num_parameters * 2
     if training.quantization_bit:  # QLoRA: bitsandbytes packs the linear layers, with ~3% for its scales
         linear = model.num_layers * linear_per_layer
@@ -179,7 +192,11 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
 
 
 def _activations(
-    model: ModelFacts, training: TrainingConfig, backend: FP8Backend | None, recipe: Fp8Recipe | None, params: _Parameters
+    model: ModelFacts,
+    training: TrainingConfig,
+    backend: FP8Backend | None,
+    recipe: Fp8Recipe | None,
+    params: _Parameters,
 ) -> tuple[float, float]:
     """Bytes saved for backward by the decoder layers, and by the logits, for one micro-batch."""
     tokens = training.micro_batch_size * training.cutoff_len  # packed, or padded to cutoff_len at most
@@ -196,7 +213,9 @@ def _activations(
         layers = params.activation_layers * tokens * model.hidden_size * residual + per_layer
     else:
         layers = params.activation_layers * per_layer
-    compiled = bool(backend.training_keys.get("torch_compile", training.torch_compile)) if backend else training.torch_compile
+    compiled = (
+        bool(backend.training_keys.get("torch_compile", training.torch_compile)) if backend else training.torch_compile
+    )
     if training.enable_liger_kernel:
         logits = 0.0  # Liger's fused linear cross-entropy never materialises the logits
     else:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .errors import ModelGated, ModelNotFound
 
@@ -42,11 +42,21 @@ class ModelFacts:
     @property
     def linear_shapes_per_layer(self) -> tuple[tuple[str, int, int], ...]:
         """(name, in, out) of each linear layer of one decoder layer, as LoRA's `lora_target` names them."""
-        h, q, kv, i = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim, self.intermediate_size
+        h, q, kv, i = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.intermediate_size,
+        )
         return (
-            ("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h),
-            ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h),
-        )  # fmt: skip
+            ("q_proj", h, q),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", q, h),
+            ("gate_proj", h, i),
+            ("up_proj", h, i),
+            ("down_proj", i, h),
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,9 @@ def facts_from_config(config_path: Path, origin: str) -> ModelFacts:
             num_parameters=estimate_parameters(config),
         )
     except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as error:
-        raise ModelNotFound(f"{config_path} is not a transformer's config.json ({type(error).__name__}: {error})") from None
+        raise ModelNotFound(
+            f"{config_path} is not a transformer's config.json ({type(error).__name__}: {error})"
+        ) from None
 
 
 def estimate_parameters(config: dict) -> int:
@@ -173,13 +185,19 @@ def _from_hugging_face(
             url = hf_hub_url(repo_id, CONFIG_FILE, revision=revision, endpoint=endpoint)
             get_hf_file_metadata(url, token=token, timeout=HUB_TIMEOUT_S, endpoint=endpoint)
             path = hf_hub_download(repo_id, CONFIG_FILE, token=token, etag_timeout=HUB_TIMEOUT_S, **where)
-            return ModelLookup(repo_id, facts_from_config(Path(path), f"Hugging Face Hub ({endpoint}, revision {revision})"))
+            return ModelLookup(
+                repo_id, facts_from_config(Path(path), f"Hugging Face Hub ({endpoint}, revision {revision})")
+            )
     except HFValidationError:
-        raise ModelNotFound(f"model not found: {repo_id} is neither a local folder nor a Hugging Face model id") from None
+        raise ModelNotFound(
+            f"model not found: {repo_id} is neither a local folder nor a Hugging Face model id"
+        ) from None
     except GatedRepoError:
         raise _gated(repo_id, endpoint) from None
     except RevisionNotFoundError:
-        raise ModelNotFound(f"model revision not found: {repo_id} has no revision {revision!r} (model_revision)") from None
+        raise ModelNotFound(
+            f"model revision not found: {repo_id} has no revision {revision!r} (model_revision)"
+        ) from None
     except RepositoryNotFoundError:
         raise ModelNotFound(
             f"model not found on {endpoint}: {repo_id} (check the id; a private model needs HF_TOKEN with access)"
@@ -218,10 +236,14 @@ def _from_modelscope(model_id: str, revision: str, cache_dir: str | None) -> Mod
             f"LLaMA-Factory can fetch {model_id}: pip install 'modelscope>=1.14'"
         ) from None
     try:  # LLaMA-Factory's try_download_model_from_other_hub spells the default revision as ModelScope does
-        path = model_file_download(model_id, CONFIG_FILE, revision="master" if revision == "main" else revision, cache_dir=cache_dir)
+        path = model_file_download(
+            model_id, CONFIG_FILE, revision="master" if revision == "main" else revision, cache_dir=cache_dir
+        )
     except Exception as error:  # noqa: BLE001 - ModelScope's errors have no common base; its words are kept
         first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        return ModelLookup(model_id, None, f"offline: ModelScope did not give {model_id}'s {CONFIG_FILE} ({first_line})")
+        return ModelLookup(
+            model_id, None, f"offline: ModelScope did not give {model_id}'s {CONFIG_FILE} ({first_line})"
+        )
     return ModelLookup(model_id, facts_from_config(Path(path), "ModelScope"))
 
 

@@ -8,9 +8,10 @@ report prints it, `train --dry-run --json` emits it, the launcher runs it; none 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from . import __version__, paths
 from .accelerate_config import check_user_config_matches, render_accelerate_config
@@ -83,11 +84,15 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
     keys = final_training_keys(inspection, decision)
     accelerate = _accelerate_config(inspection, decision)
     command = build_command(
-        accelerate.path, inspection.resolve(inspection.training.path), {k.name: k.argument for k in keys if k.argument is not None}
+        accelerate.path,
+        inspection.resolve(inspection.training.path),
+        {k.name: k.argument for k in keys if k.argument is not None},
     )
     demo_missing = inspection.uses_demo and inspection.model.facts is None
     state_file = state_path(environ)
-    collective_timeout_s = int(next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S))
+    collective_timeout_s = int(
+        next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S)
+    )
     return LaunchPlan(
         version=__version__,
         training=inspection.training,
@@ -156,7 +161,13 @@ def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, obje
         return {}
     keys: dict[str, object] = {}
     if choice.source == "flag":
-        keys.update({name: None for name in ("deepspeed", "fsdp", "fsdp_config") if inspection.training.values.get(name) not in (None, "")})
+        keys.update(
+            {
+                name: None
+                for name in ("deepspeed", "fsdp", "fsdp_config")
+                if inspection.training.values.get(name) not in (None, "")
+            }
+        )
     if choice.strategy.deepspeed_config:
         keys["deepspeed"] = str(paths.deepspeed_config(choice.strategy.deepspeed_config))
     return keys

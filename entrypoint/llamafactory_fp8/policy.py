@@ -9,9 +9,10 @@ memory with headroom; when nothing fits it refuses, saying what would."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from . import memory
 from .backends import BY_NAME as BACKENDS
@@ -102,20 +103,40 @@ def decide(inspection: Inspection) -> Decision:
     precision, source, backend = _precision(inspection, given, reasons)
     recipe = _fp8_recipe(inspection, backend, reasons)
     if backend is not None and given is not None and not given.strategy.carries_fp8:
-        warnings.append(f"FP8 may stay off under {given.strategy.label} (accelerate#3360); the patched LLaMA-Factory then fails the run")
+        warnings.append(
+            f"FP8 may stay off under {given.strategy.label} (accelerate#3360); the patched LLaMA-Factory then fails the run"
+        )
     processes = 1 if any(gpu.is_mig_slice for gpu in gpus.gpus) else gpus.count
     reasons.extend(gpus.notes)
     gpu_gib = min(gpu.memory_total_gib for gpu in gpus.gpus)
     world = processes * inspection.topology.num_machines
     model = inspection.model.facts
     fp8_recipe = RECIPES.get(recipe) if recipe else None
-    table = tuple(memory.estimate(model, training, backend, s, world, processes, fp8_recipe) for s in STRATEGIES) if model else ()
-    strategy, estimate = _strategy(inspection, given, precision, backend, fp8_recipe, processes, gpu_gib, table, reasons, warnings)
+    table = (
+        tuple(memory.estimate(model, training, backend, s, world, processes, fp8_recipe) for s in STRATEGIES)
+        if model
+        else ()
+    )
+    strategy, estimate = _strategy(
+        inspection, given, precision, backend, fp8_recipe, processes, gpu_gib, table, reasons, warnings
+    )
     tips = _more_tokens_tip(inspection, backend, fp8_recipe, strategy.strategy, gpu_gib, processes)
     return Decision(
-        precision, source, backend, "cuda", processes, strategy, estimate, table, gpu_gib, inspection.host_memory_gib,
-        tuple(reasons), tuple(warnings), recipe, tips,
-    )  # fmt: skip
+        precision,
+        source,
+        backend,
+        "cuda",
+        processes,
+        strategy,
+        estimate,
+        table,
+        gpu_gib,
+        inspection.host_memory_gib,
+        tuple(reasons),
+        tuple(warnings),
+        recipe,
+        tips,
+    )
 
 
 # FP8 gained most with 8 sequences of 2048 per micro-batch, where the optimizer update, the weight casts and the
@@ -125,7 +146,12 @@ FP8_BEST_TOKENS_PER_MICRO_BATCH = 8 * 2048
 
 
 def _more_tokens_tip(
-    inspection: Inspection, backend: FP8Backend | None, recipe: Fp8Recipe | None, strategy: Strategy, gpu_gib: float, processes: int
+    inspection: Inspection,
+    backend: FP8Backend | None,
+    recipe: Fp8Recipe | None,
+    strategy: Strategy,
+    gpu_gib: float,
+    processes: int,
 ) -> tuple[str, ...]:
     """Where FP8 runs with fewer tokens per micro-batch than it gained most at: the largest micro-batch up to that
     which fits the chosen strategy, with gradient accumulation cut to keep the optimizer's batch where it can be,
@@ -143,7 +169,9 @@ def _more_tokens_tip(
     for batch in batches:
         accumulation = max(1, training.gradient_accumulation_steps * training.micro_batch_size // batch)
         for on in checkpointing:
-            config = replace(training, micro_batch_size=batch, gradient_accumulation_steps=accumulation, gradient_checkpointing=on)
+            config = replace(
+                training, micro_batch_size=batch, gradient_accumulation_steps=accumulation, gradient_checkpointing=on
+            )
             estimate = memory.estimate(model, config, backend, strategy, world, processes, recipe)
             if not estimate.fits(gpu_gib, inspection.host_memory_gib):
                 continue
@@ -179,7 +207,11 @@ def _fp8_recipe(inspection: Inspection, backend: FP8Backend | None, reasons: lis
 
 def _given_strategy(inspection: Inspection) -> StrategyChoice | None:
     """The strategy the user named: `--strategy`, else the YAML's own (read only where no flag replaces it)."""
-    flag = None if inspection.request.strategy == "auto" else StrategyChoice(STRATEGIES_BY_NAME[inspection.request.strategy], "flag")
+    flag = (
+        None
+        if inspection.request.strategy == "auto"
+        else StrategyChoice(STRATEGIES_BY_NAME[inspection.request.strategy], "flag")
+    )
     in_yaml = strategy_in_yaml(inspection.training, inspection.workdir) if flag is None else None  # replaced unread
     return precedence(flag, in_yaml, lambda: None)[0]
 
@@ -230,7 +262,10 @@ def _backend(inspection: Inspection, forced: bool, reasons: list[str]) -> tuple[
         major, minor = gpu.compute_capability
         return None, f"GPU {gpu.index} ({gpu.name}) has compute capability {major}.{minor}; FP8 needs 8.9 or newer"
     if training.stage not in FP8_CAPABLE_STAGES:
-        return None, f"LLaMA-Factory configures FP8 only for stages {'/'.join(FP8_CAPABLE_STAGES)}, not {training.stage}"
+        return (
+            None,
+            f"LLaMA-Factory configures FP8 only for stages {'/'.join(FP8_CAPABLE_STAGES)}, not {training.stage}",
+        )
     if training.quantization_bit is not None:
         return None, "the model is quantized (quantization_bit), which LLaMA-Factory does not combine with FP8"
     installed = [backend for backend in FP8_BACKENDS if backend.name in inspection.installed_backends]
@@ -248,7 +283,9 @@ def _backend(inspection: Inspection, forced: bool, reasons: list[str]) -> tuple[
     if name not in inspection.installed_backends:
         return None, f"FP8 backend {name} is not installed"
     if source != "auto":
-        reasons.append(f"backend {name} from " + ("--backend" if source == "flag" else "the training YAML's fp8_backend"))
+        reasons.append(
+            f"backend {name} from " + ("--backend" if source == "flag" else "the training YAML's fp8_backend")
+        )
     return BACKENDS[name], None
 
 
@@ -292,9 +329,13 @@ def strategy_in_yaml(training: TrainingConfig, workdir: Path) -> StrategyChoice 
         config, named = _deepspeed_config(training.deepspeed, workdir)
         zero = _mapping(config.get("zero_optimization"))
         stage = zero.get("stage", 0)
-        offload = any(_mapping(zero.get(part)).get("device") in ("cpu", "nvme") for part in ("offload_optimizer", "offload_param"))
+        offload = any(
+            _mapping(zero.get(part)).get("device") in ("cpu", "nvme") for part in ("offload_optimizer", "offload_param")
+        )
         strategy = ZERO3_OFFLOAD if offload else ZERO3 if stage == 3 else ZERO2 if stage in (1, 2) else DDP
-        return StrategyChoice(strategy, "yaml", f"deepspeed: {named} (ZeRO stage {stage}{', CPU offload' if offload else ''})")
+        return StrategyChoice(
+            strategy, "yaml", f"deepspeed: {named} (ZeRO stage {stage}{', CPU offload' if offload else ''})"
+        )
     if training.fsdp is not None:
         options = training.fsdp.split()
         strategy = FSDP2_OFFLOAD if "offload" in options else ZERO2 if "shard_grad_op" in options else FSDP2
@@ -313,7 +354,9 @@ def _deepspeed_config(value: object, workdir: Path) -> tuple[dict, str]:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise ConfigInvalid(f"training config: deepspeed names {value}, which is not a readable DeepSpeed JSON ({path})") from None
+        raise ConfigInvalid(
+            f"training config: deepspeed names {value}, which is not a readable DeepSpeed JSON ({path})"
+        ) from None
     if not isinstance(config, dict):
         raise ConfigInvalid(f"training config: deepspeed names {value}, which is not a DeepSpeed JSON object ({path})")
     return config, str(value)
@@ -338,7 +381,9 @@ def _strategy(
         _explain_given(given, inspection, estimates.get(given.strategy.name), gpu_gib, world, reasons, warnings)
         return given, estimates.get(given.strategy.name)
     if not table:
-        reasons.append(f"{_layout(DDP, world)}; memory not estimated: the model's size is unknown ({inspection.model.unknown_because})")
+        reasons.append(
+            f"{_layout(DDP, world)}; memory not estimated: the model's size is unknown ({inspection.model.unknown_because})"
+        )
         return StrategyChoice(DDP, "auto"), None
 
     candidates = _candidates(inspection, inspection.training, precision)
@@ -347,8 +392,12 @@ def _strategy(
         if estimates[strategy.name].fits(gpu_gib, host):
             chosen = estimates[strategy.name]
             fastest = estimates[candidates[0].name]
-            would = f"; {candidates[0].label} would need ~{fastest.total_gib:.0f}" if strategy is not candidates[0] else ""
-            reasons.append(f"memory ~{chosen.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({_layout(strategy, world)}){would}")
+            would = (
+                f"; {candidates[0].label} would need ~{fastest.total_gib:.0f}" if strategy is not candidates[0] else ""
+            )
+            reasons.append(
+                f"memory ~{chosen.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({_layout(strategy, world)}){would}"
+            )
             return StrategyChoice(strategy, "auto"), chosen
     smallest = min((estimates[s.name] for s in candidates), key=lambda e: e.total_gib)
     if request.memory_check:
@@ -358,7 +407,9 @@ def _strategy(
         f"nothing fits: the smallest estimate is ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU "
         f"({_layout(strategy, world)}); --no-memory-check runs it anyway"
     )
-    reasons.append(f"memory ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({_layout(strategy, world)}), the smallest estimate")
+    reasons.append(
+        f"memory ~{smallest.total_gib:.0f} GiB of {gpu_gib:.0f} per GPU ({_layout(strategy, world)}), the smallest estimate"
+    )
     return StrategyChoice(strategy, "auto"), smallest
 
 
@@ -366,11 +417,12 @@ def _candidates(inspection: Inspection, training: TrainingConfig, precision: str
     """The strategies auto may take, fastest first: installed ones; for FP8 those that keep it on; for a 4-bit or
     8-bit model none that moves its weights to the CPU, which bitsandbytes' packed weights cannot follow."""
     return [
-        s for s in STRATEGIES
+        s
+        for s in STRATEGIES
         if s.name in inspection.installed_strategies
         and (s.carries_fp8 or precision != "fp8")
         and not (training.quantization_bit and s.weights == "offloaded")
-    ]  # fmt: skip
+    ]
 
 
 def _explain_given(
@@ -386,7 +438,9 @@ def _explain_given(
     where = f"--strategy {strategy.name}" if choice.source == "flag" else f"the training YAML ({choice.kept_from_yaml})"
     reasons.append(f"{strategy.label} from {where}")
     if strategy.name not in inspection.installed_strategies:
-        warnings.append(f"{strategy.label} needs {strategy.module}, which is not installed here: the run will fail to start")
+        warnings.append(
+            f"{strategy.label} needs {strategy.module}, which is not installed here: the run will fail to start"
+        )
     if estimate is None:
         return
     layout = _layout(strategy, world)
@@ -395,7 +449,8 @@ def _explain_given(
     else:
         warnings.append(
             f"{strategy.label} needs ~{estimate.total_gib:.0f} GiB (+{estimate.margin_gib:.0f} margin) of {gpu_gib:.0f} per GPU ({layout})"
-            + _host_note(estimate, inspection.host_memory_gib) + ": it may run out of memory"
+            + _host_note(estimate, inspection.host_memory_gib)
+            + ": it may run out of memory"
         )
 
 
@@ -412,14 +467,22 @@ def _layout(strategy: Strategy, world: int) -> str:
 
 
 def _does_not_fit(
-    inspection: Inspection, precision: str, backend: FP8Backend | None, recipe: Fp8Recipe | None, gpu_gib: float, processes: int
+    inspection: Inspection,
+    precision: str,
+    backend: FP8Backend | None,
+    recipe: Fp8Recipe | None,
+    gpu_gib: float,
+    processes: int,
 ) -> str:
     """One line: what the run needs at best, and the changes that would make it fit (one at a time, else together)."""
     training, model, host = inspection.training, inspection.model.facts, inspection.host_memory_gib
     world = processes * inspection.topology.num_machines
 
     def first_fit(config: TrainingConfig, world: int, per_node: int) -> MemoryEstimate | None:
-        estimates = (memory.estimate(model, config, backend, s, world, per_node, recipe) for s in _candidates(inspection, config, precision))
+        estimates = (
+            memory.estimate(model, config, backend, s, world, per_node, recipe)
+            for s in _candidates(inspection, config, precision)
+        )
         return next((e for e in estimates if e.fits(gpu_gib, host)), None)
 
     changes: list[tuple[str, TrainingConfig]] = []
@@ -432,32 +495,53 @@ def _does_not_fit(
     if training.micro_batch_size > 1:
         changes.append(("per_device_train_batch_size: 1", replace(training, micro_batch_size=1)))
     if training.cutoff_len > 512:
-        changes.append((f"cutoff_len: {training.cutoff_len // 2}", replace(training, cutoff_len=training.cutoff_len // 2)))
+        changes.append(
+            (f"cutoff_len: {training.cutoff_len // 2}", replace(training, cutoff_len=training.cutoff_len // 2))
+        )
     fitting = [(label, found) for label, config in changes if (found := first_fit(config, world, processes))]
     if not any(gpu.is_mig_slice for gpu in inspection.gpus.gpus):  # a MIG slice runs one process only
         per_node = max(processes, 8)
         for nodes in (1, 2, 4, 8, 16, 32, 64, 128):
             if nodes * per_node > world and (found := first_fit(training, nodes * per_node, per_node)):
-                fitting.append((f"{nodes * per_node} GPUs like these" if nodes == 1 else f"{nodes} nodes of {per_node} such GPUs", found))
+                fitting.append(
+                    (
+                        f"{nodes * per_node} GPUs like these"
+                        if nodes == 1
+                        else f"{nodes} nodes of {per_node} such GPUs",
+                        found,
+                    )
+                )
                 break
     if not fitting:  # every change at once, as a last resort
         together = training
         for _, config in changes:
-            changed = {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(training, f.name)}
+            changed = {
+                f.name: getattr(config, f.name)
+                for f in fields(config)
+                if getattr(config, f.name) != getattr(training, f.name)
+            }
             together = replace(together, **changed)
         found = first_fit(together, world, processes)
         if found:
             fitting.append((", ".join(label for label, _ in changes) + " together", found))
 
     candidates = _candidates(inspection, training, precision)
-    on_gpu = [memory.estimate(model, training, backend, s, world, processes, recipe) for s in candidates if s.weights != "offloaded"]
+    on_gpu = [
+        memory.estimate(model, training, backend, s, world, processes, recipe)
+        for s in candidates
+        if s.weights != "offloaded"
+    ]
     best = min(on_gpu, key=lambda e: e.total_gib)
     needs = (
         f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters needs "
         f"~{best.total_gib:.0f} GiB per GPU at best ({_layout(STRATEGIES_BY_NAME[best.strategy], world)}) "
         f"and a GPU here has {gpu_gib:.0f}"
     )
-    offloaded = [memory.estimate(model, training, backend, s, world, processes, recipe) for s in candidates if s.weights == "offloaded"]
+    offloaded = [
+        memory.estimate(model, training, backend, s, world, processes, recipe)
+        for s in candidates
+        if s.weights == "offloaded"
+    ]
     if offloaded:
         least = min(offloaded, key=lambda e: e.total_gib)
         needs += f"; with CPU offload ~{least.total_gib:.0f} GiB per GPU" + (
@@ -466,7 +550,8 @@ def _does_not_fit(
     if not fitting:
         return f"{needs}; nothing fits even with every change at once ({', '.join(label for label, _ in changes)}): choose a smaller model"
     return f"{needs}; would fit: " + ", or ".join(
-        f"{label} (~{found.total_gib:.0f} GiB, {_layout(STRATEGIES_BY_NAME[found.strategy], found.world_size)})" for label, found in fitting
+        f"{label} (~{found.total_gib:.0f} GiB, {_layout(STRATEGIES_BY_NAME[found.strategy], found.world_size)})"
+        for label, found in fitting
     )
 
 
@@ -474,11 +559,15 @@ def _cpu_decision(inspection: Inspection, reasons: list[str]) -> Decision:
     request, gpus, training = inspection.request, inspection.gpus, inspection.training
     why = gpus.unavailable_reason or "no GPU is visible"
     if not request.allow_cpu:
-        raise NoGpu(f"no GPU visible: {why}; start the container with --gpus all (or pass --allow-cpu to train on the CPU)")
+        raise NoGpu(
+            f"no GPU visible: {why}; start the container with --gpus all (or pass --allow-cpu to train on the CPU)"
+        )
     if request.precision == "fp8" or (request.precision == "auto" and training.fp8):
         raise FP8Unavailable(f"FP8 refused: it needs a GPU and {why}")
     _fp8_recipe(inspection, None, reasons)  # refuses a recipe asked for: the CPU never runs FP8
     precision = "bf16" if request.precision == "bf16" else "fp32"
     reasons.append(f"CPU training in {precision.upper()} (--allow-cpu; {why})")
     source: Source = "flag" if request.precision == "bf16" else "auto"
-    return Decision(precision, source, None, "cpu", 1, StrategyChoice(DDP, "auto"), None, (), None, None, tuple(reasons), ())
+    return Decision(
+        precision, source, None, "cpu", 1, StrategyChoice(DDP, "auto"), None, (), None, None, tuple(reasons), ()
+    )

@@ -86,7 +86,9 @@ class ProgressReporter:
         self.path, self.clock = rank_file(directory, rank), clock
         now = clock()
         known = read_record(RankProgress, self.path)  # the watcher's, when this is the process it started
-        self.record = replace(known, pid=os.getpid()) if known else RankProgress(rank, os.getpid(), "starting", now, now)
+        self.record = (
+            replace(known, pid=os.getpid()) if known else RankProgress(rank, os.getpid(), "starting", now, now)
+        )
 
     def enter(self, phase: str, detail: str = "", watch: str | None = None) -> None:
         now = self.clock()
@@ -96,8 +98,16 @@ class ProgressReporter:
         """Training starts at `step` (past 0 when resumed); until a step ends, the healthcheck allows start-up's
         window (the first step compiles)."""
         now = self.clock()
-        self._write(phase="training", phase_started_at=now, updated_at=now, step=step, first_step=step,
-                    max_steps=max_steps, detail="", watch=None)  # fmt: skip
+        self._write(
+            phase="training",
+            phase_started_at=now,
+            updated_at=now,
+            step=step,
+            first_step=step,
+            max_steps=max_steps,
+            detail="",
+            watch=None,
+        )
 
     def step(self, step: int) -> None:
         """A step ended. Its time joins the running mean, except the run's first (compilation, warm-up) and a step
@@ -106,10 +116,19 @@ class ProgressReporter:
         seconds = record.step_seconds
         if record.phase == "training" and record.step > record.first_step and step > record.step:
             newest = (now - record.updated_at) / (step - record.step)
-            seconds = newest if seconds is None else (1 - self.STEP_TIME_WEIGHT) * seconds + self.STEP_TIME_WEIGHT * newest
+            seconds = (
+                newest if seconds is None else (1 - self.STEP_TIME_WEIGHT) * seconds + self.STEP_TIME_WEIGHT * newest
+            )
         started = record.phase_started_at if record.phase == "training" else now
-        self._write(phase="training", phase_started_at=started, updated_at=now, step=step, step_seconds=seconds,
-                    detail="", watch=None)  # fmt: skip
+        self._write(
+            phase="training",
+            phase_started_at=started,
+            updated_at=now,
+            step=step,
+            step_seconds=seconds,
+            detail="",
+            watch=None,
+        )
 
     def back_to_training(self) -> None:
         """A save or an evaluation ended; the step count goes on."""

@@ -21,7 +21,8 @@ def describe_gpus(gpus: GpuInventory) -> list[str]:
         return [f"none ({gpus.unavailable_reason})"]
     lines = [
         f"[{gpu.index}] {gpu.name}, compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}, "
-        f"{gpu.memory_total_gib:.1f} GiB" + (", MIG slice" if gpu.is_mig_slice else "")
+        f"{gpu.memory_total_gib:.1f} GiB"
+        + (", MIG slice" if gpu.is_mig_slice else "")
         + (f", UNHEALTHY: {gpu.health_problem}" if gpu.health_problem else "")
         for gpu in gpus.gpus
     ]
@@ -44,7 +45,9 @@ def describe_model(model: ModelLookup) -> str:
 def describe_decision(decision: Decision, num_machines: int) -> str:
     precision = decision.precision.upper() + (f" ({decision.backend.name})" if decision.backend else "")
     processes = decision.processes_per_node
-    count = f"{processes} process{'es' if processes > 1 else ''}" + (f" on each of {num_machines} nodes" if num_machines > 1 else "")
+    count = f"{processes} process{'es' if processes > 1 else ''}" + (
+        f" on each of {num_machines} nodes" if num_machines > 1 else ""
+    )
     strategy = decision.strategy.strategy
     world = processes * num_machines
     layout = ("one device" if world == 1 else "data parallel") if strategy.name == "ddp" else strategy.label
@@ -55,10 +58,13 @@ def describe_decision(decision: Decision, num_machines: int) -> str:
 def describe_memory(decision: Decision) -> str:
     estimate = decision.memory
     if estimate is None:
-        return "not estimated: " + ("training on the CPU" if decision.device == "cpu" else "the model's size is unknown")
+        return "not estimated: " + (
+            "training on the CPU" if decision.device == "cpu" else "the model's size is unknown"
+        )
     terms = " + ".join(f"{name} {gib:.1f}" for name, gib in estimate.terms if gib >= 0.05)
     host = f"; CPU memory ~{estimate.host_gib:.0f} GiB per node" if estimate.host_gib else ""
-    return f"~{estimate.total_gib:.1f} GiB (+{estimate.margin_gib:.1f} margin) of {decision.gpu_memory_gib:.0f} per GPU: {terms}{host}"
+    size = f"~{estimate.total_gib:.1f} GiB (+{estimate.margin_gib:.1f} margin)"
+    return f"{size} of {decision.gpu_memory_gib:.0f} per GPU: {terms}{host}"
 
 
 def render_block(plan: LaunchPlan) -> str:
@@ -67,7 +73,10 @@ def render_block(plan: LaunchPlan) -> str:
     rows: list[tuple[str, list[str]]] = [
         ("GPUs", describe_gpus(plan.gpus)),
         ("model", [describe_model(plan.model)]),
-        ("training", [f"{training.path}: stage {training.stage}, {training.finetuning_type}, output {training.output_dir}"]),
+        (
+            "training",
+            [f"{training.path}: stage {training.stage}, {training.finetuning_type}, output {training.output_dir}"],
+        ),
         ("choice", [describe_decision(decision, plan.topology.num_machines)]),
         ("memory", [describe_memory(decision)]),
         ("why", [f"- {reason}" for reason in decision.reasons]),
@@ -77,9 +86,16 @@ def render_block(plan: LaunchPlan) -> str:
     if decision.tips:
         rows.append(("tip", [f"- {tip}" for tip in decision.tips]))
     if plan.replaced:
-        rows.append(("replaces", [f"{key.name}: {key.replaces[0]!r} -> {key.value!r} ({key.source})" for key in plan.replaced]))
+        rows.append(
+            ("replaces", [f"{key.name}: {key.replaces[0]!r} -> {key.value!r} ({key.source})" for key in plan.replaced])
+        )
     if plan.resume:
-        rows.append(("resume", [f"from {plan.resume.checkpoint}: {plan.resume.why}" if plan.resume.checkpoint else plan.resume.why]))
+        rows.append(
+            (
+                "resume",
+                [f"from {plan.resume.checkpoint}: {plan.resume.why}" if plan.resume.checkpoint else plan.resume.why],
+            )
+        )
     sources = plan.accelerate.sources
     origin = f" (from {', '.join(path.name for path in sources)})" if sources else " (yours, as is)"
     rows.append(("accelerate", [f"{plan.accelerate.path}{origin}"]))

@@ -88,7 +88,11 @@ def _safetensors_problem(path: Path) -> str | None:
         header = None
     if not isinstance(header, dict):
         return "damaged (no readable header)"
-    expected = 8 + header_size + max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    expected = (
+        8
+        + header_size
+        + max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    )
     return None if size == expected else f"truncated ({size:,} of {expected:,} bytes)"
 
 

@@ -5,9 +5,9 @@ has grown, and whether the GPUs it runs on are still healthy."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .gpus import read_gpus
 from .progress import FINISHED, PHASES, STOPPED, Phase, RankProgress, read_all

@@ -32,33 +32,83 @@ class Strategy:
 
 
 DDP = Strategy(
-    "ddp", "data parallel", "multi-gpu.yaml", None, None, "replicated", "replicated", "replicated", "ddp", True,
+    "ddp",
+    "data parallel",
+    "multi-gpu.yaml",
+    None,
+    None,
+    "replicated",
+    "replicated",
+    "replicated",
+    "ddp",
+    True,
     "each GPU holds the whole model, its gradients and optimizer states; the least communication",
 )
 ZERO2 = Strategy(
-    "deepspeed-zero2", "DeepSpeed ZeRO-2", "multi-gpu.yaml", "zero2.json", "deepspeed",
-    "replicated", "sharded", "sharded", "deepspeed", False,
+    "deepspeed-zero2",
+    "DeepSpeed ZeRO-2",
+    "multi-gpu.yaml",
+    "zero2.json",
+    "deepspeed",
+    "replicated",
+    "sharded",
+    "sharded",
+    "deepspeed",
+    False,
     "gradients and optimizer states split over the GPUs, weights whole on each",
 )
 FSDP2 = Strategy(
-    "fsdp2", "FSDP2", "fsdp2.yaml", None, None, "sharded", "sharded", "sharded", "fsdp", True,
+    "fsdp2",
+    "FSDP2",
+    "fsdp2.yaml",
+    None,
+    None,
+    "sharded",
+    "sharded",
+    "sharded",
+    "fsdp",
+    True,
     "weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
 )
 ZERO3 = Strategy(
-    "deepspeed-zero3", "DeepSpeed ZeRO-3", "multi-gpu.yaml", "zero3.json", "deepspeed",
-    "sharded", "sharded", "sharded", "deepspeed", False,
+    "deepspeed-zero3",
+    "DeepSpeed ZeRO-3",
+    "multi-gpu.yaml",
+    "zero3.json",
+    "deepspeed",
+    "sharded",
+    "sharded",
+    "sharded",
+    "deepspeed",
+    False,
     "weights, gradients and optimizer states split over the GPUs",
 )
 FSDP2_OFFLOAD = Strategy(
-    "fsdp2-offload", "FSDP2 with CPU offload", "fsdp2-offload.yaml", None, None,
-    "offloaded", "offloaded", "offloaded", "fsdp", True,
+    "fsdp2-offload",
+    "FSDP2 with CPU offload",
+    "fsdp2-offload.yaml",
+    None,
+    None,
+    "offloaded",
+    "offloaded",
+    "offloaded",
+    "fsdp",
+    True,
     "weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 ZERO3_OFFLOAD = Strategy(
-    "deepspeed-zero3-offload", "DeepSpeed ZeRO-3 with CPU offload", "multi-gpu.yaml", "zero3-offload.json", "deepspeed",
-    "offloaded", "offloaded", "offloaded", "deepspeed", False,
+    "deepspeed-zero3-offload",
+    "DeepSpeed ZeRO-3 with CPU offload",
+    "multi-gpu.yaml",
+    "zero3-offload.json",
+    "deepspeed",
+    "offloaded",
+    "offloaded",
+    "offloaded",
+    "deepspeed",
+    False,
     "weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
-)  # fmt: skip
+)
 
 # Fastest first. Under DeepSpeed, Accelerate may not carry FP8 and FP8 stays off (accelerate#3360; the patched
 # LLaMA-Factory then fails the run): an FP8 run that needs sharding gets FSDP2, which has the same memory terms.

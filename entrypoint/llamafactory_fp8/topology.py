@@ -31,7 +31,9 @@ def read_topology(environ: os._Environ | dict = os.environ) -> Topology:
         return Topology()
     rank = _integer(environ, "NODE_RANK", _integer(environ, "JOB_COMPLETION_INDEX", -1))
     if not 0 <= rank < num_machines:
-        raise DistributedEnvInvalid(f"NNODES={num_machines} needs NODE_RANK (or JOB_COMPLETION_INDEX) in 0..{num_machines - 1}")
+        raise DistributedEnvInvalid(
+            f"NNODES={num_machines} needs NODE_RANK (or JOB_COMPLETION_INDEX) in 0..{num_machines - 1}"
+        )
     master = environ.get("MASTER_ADDR")
     if not master:
         raise DistributedEnvInvalid(f"NNODES={num_machines} needs MASTER_ADDR, the address of node 0")

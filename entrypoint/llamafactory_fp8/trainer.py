@@ -77,7 +77,12 @@ def report_llamafactory_phases(reporter: ProgressReporter) -> None:
 
 
 # How gloo and NCCL word a peer that died (its connection drops) or froze (the collective times out)
-LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "collective operation timeout")
+LOST_PEER_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Timed out waiting",
+    "collective operation timeout",
+)
 
 
 def describe_failure(error: BaseException) -> str:

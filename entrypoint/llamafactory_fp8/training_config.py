@@ -7,10 +7,11 @@ traceback from LLaMA-Factory's argument parser minutes later."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -75,14 +76,18 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigUnparsable(f"training config is not valid YAML{where}: {path}") from None
     if not isinstance(written, dict):
-        raise ConfigNotMapping(f"training config must be a YAML mapping of LLaMA-Factory keys, got {_kind(written)}: {path}")
+        raise ConfigNotMapping(
+            f"training config must be a YAML mapping of LLaMA-Factory keys, got {_kind(written)}: {path}"
+        )
     written = {str(key): value for key, value in written.items()}
     parsed = parse_overrides(overrides)
     values = {**written, **{key: _typed(raw) for key, raw in parsed.items()}}
     read = _Reader(values, path)
     deepspeed = values.get("deepspeed")
     if deepspeed is not None and not isinstance(deepspeed, (str, dict)):
-        raise ConfigInvalid(f"training config: deepspeed must be a path to a DeepSpeed JSON or a mapping, got {deepspeed!r}: {path}")
+        raise ConfigInvalid(
+            f"training config: deepspeed must be a path to a DeepSpeed JSON or a mapping, got {deepspeed!r}: {path}"
+        )
     return TrainingConfig(
         path=path,
         values=MappingProxyType(values),
@@ -206,7 +211,9 @@ def _fsdp_options(value: Any, path: Path) -> str | None:
         return " ".join(value)
     if isinstance(value, str):
         return value
-    raise ConfigInvalid(f"training config: fsdp must be FSDP options such as 'full_shard auto_wrap', got {value!r}: {path}")
+    raise ConfigInvalid(
+        f"training config: fsdp must be FSDP options such as 'full_shard auto_wrap', got {value!r}: {path}"
+    )
 
 
 def _typed(raw: str) -> Any:

@@ -24,7 +24,7 @@ class Windows:
     save_limit_s: float = 1800.0
 
     @classmethod
-    def from_env(cls, environ: os._Environ | dict = os.environ) -> "Windows":
+    def from_env(cls, environ: os._Environ | dict = os.environ) -> Windows:
         return cls(
             startup_grace_s=float(environ.get("LLAMAFACTORY_FP8_STARTUP_GRACE_S", cls.startup_grace_s)),
             stall_after_s=float(environ.get("LLAMAFACTORY_FP8_STALL_AFTER_S", cls.stall_after_s)),
@@ -61,7 +61,8 @@ def judge(record: RankProgress, windows: Windows, now: float) -> Verdict:
         return Verdict(0.0 if good else 2.0, f"rank {record.rank} {record.ended}", good)
     if kind == "save":
         held = now - record.phase_started_at
-        words = f"step {record.step}, {phase(record).words} {record.detail} for {held:.0f} s (limit {windows.save_limit_s:.0f} s)"
+        doing = f"{phase(record).words} {record.detail}"
+        words = f"step {record.step}, {doing} for {held:.0f} s (limit {windows.save_limit_s:.0f} s)"
         return Verdict(held / windows.save_limit_s, words.replace("  ", " "), held <= windows.save_limit_s)
     if kind == "startup" or record.step == record.first_step:
         moved = max(record.updated_at, last_growth(record.watch) or 0.0)
@@ -71,7 +72,11 @@ def judge(record: RankProgress, windows: Windows, now: float) -> Verdict:
         return Verdict(idle / windows.startup_grace_s, words, idle <= windows.startup_grace_s)
     window = max(windows.stall_after_s, STEPS_IN_WINDOW * (record.step_seconds or 0.0))
     idle = now - record.updated_at
-    pace = f"; a step takes ~{record.step_seconds:.{1 if record.step_seconds >= 1 else 3}f} s" if record.step_seconds else ""
+    pace = (
+        f"; a step takes ~{record.step_seconds:.{1 if record.step_seconds >= 1 else 3}f} s"
+        if record.step_seconds
+        else ""
+    )
     of = f" of {record.max_steps}" if record.max_steps else ""
     doing = "evaluating" if record.phase == "evaluating" else "last step"
     words = f"step {record.step}{of}, {doing} {idle:.0f} s ago (window {window:.0f} s{pace})"
