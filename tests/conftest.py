@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from llamafactory_fp8 import gpus as gpus_module
-from llamafactory_fp8.inspection import Request, inspect_run
+from llamafactory_fp8.inspection import inspect_run
 from llamafactory_fp8.plan import LaunchPlan, make_plan
+from llamafactory_fp8.request import Request
 from llamafactory_fp8.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parent.parent

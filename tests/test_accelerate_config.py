@@ -12,7 +12,8 @@ from llamafactory_fp8.accelerate_config import (
 )
 from llamafactory_fp8.backends import BY_NAME as BACKENDS
 from llamafactory_fp8.errors import AccelerateConfigInvalid
-from llamafactory_fp8.policy import Decision, StrategyChoice
+from llamafactory_fp8.fit import StrategyChoice, layout
+from llamafactory_fp8.policy import Decision
 from llamafactory_fp8.strategies import BY_NAME as STRATEGIES
 from llamafactory_fp8.topology import Topology, read_topology
 
@@ -22,10 +23,26 @@ CONFIGS = ROOT / "configs" / "accelerate"
 FSDP_CONFIG = load_accelerate_config(CONFIGS / "fsdp2.yaml")["fsdp_config"]
 
 
-def decision(precision="bf16", backend=None, processes=1, strategy="ddp", device="cuda", kept_from_yaml=None):
-    choice = StrategyChoice(STRATEGIES[strategy], "yaml" if kept_from_yaml else "auto", kept_from_yaml)
+def decision(
+    precision="bf16", backend=None, processes=1, strategy="ddp", device="cuda", kept_from_yaml=None, machines=1
+):
+    source = "yaml" if kept_from_yaml else "auto"
+    choice = StrategyChoice(strategy=STRATEGIES[strategy], source=source, kept_from_yaml=kept_from_yaml)
     return Decision(
-        precision, "auto", backend and BACKENDS[backend], device, processes, choice, None, (), None, None, ("test",), ()
+        precision=precision,
+        precision_source="auto",
+        backend=backend and BACKENDS[backend],
+        device=device,
+        processes_per_node=processes,
+        world_size=processes * machines,
+        strategy=choice,
+        layout=layout(choice.strategy, processes * machines),
+        memory=None,
+        memory_table=(),
+        gpu_memory_gib=None,
+        host_memory_gib=None,
+        reasons=("test",),
+        warnings=(),
     )
 
 
@@ -79,7 +96,7 @@ def test_multi_node_placement_comes_from_the_environment():
     topology = read_topology(
         {"NNODES": "2", "JOB_COMPLETION_INDEX": "1", "MASTER_ADDR": "trainer-0.trainer", "MASTER_PORT": "29501"}
     )
-    values, _ = render_accelerate_config(decision("bf16", None, 8, "ddp"), topology, CONFIGS)
+    values, _ = render_accelerate_config(decision("bf16", None, 8, "ddp", machines=2), topology, CONFIGS)
     assert (values["num_machines"], values["machine_rank"], values["num_processes"]) == (2, 1, 16)
     assert (values["main_process_ip"], values["main_process_port"]) == ("trainer-0.trainer", 29501)
 

@@ -96,3 +96,22 @@ def test_bad_input_is_one_line_and_its_own_exit_code(tmp_path, case):
 def test_exit_codes_are_distinct():
     codes = [BAD_INPUTS[case][2] for case in ISSUE_CASES]
     assert len(codes) == len(set(codes))
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("LLAMAFACTORY_FP8_STALL_AFTER_S", "nan"),
+        ("LLAMAFACTORY_FP8_STARTUP_GRACE_S", "abc"),
+        ("LLAMAFACTORY_FP8_SAVE_LIMIT_S", "-5"),
+        ("LLAMAFACTORY_FP8_STALL_AFTER_S", "inf"),
+        ("NNODES", "abc"),
+        ("MASTER_PORT", "70000"),
+    ],
+)
+def test_a_setting_the_launcher_cannot_use_is_one_line_and_exit_19_before_anything_loads(setting, value):
+    result = run_cli("train", DEMO, "--dry-run", profile="h100-sxm", **{setting: value})
+    assert result.returncode == 19, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{setting}={value!r}" in line
+    assert "Traceback" not in result.stderr + result.stdout and "accelerate" not in result.stdout

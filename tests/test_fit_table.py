@@ -83,7 +83,7 @@ def test_auto_plans_what_fits_or_refuses_with_suggestions_that_fit(planner, monk
     chosen = [s.name for s in STRATEGIES].index(decision.strategy.strategy.name)
     allowed = [s for s in STRATEGIES[:chosen] if s.carries_fp8 or decision.precision != "fp8"]
     for faster in allowed:
-        estimate = next(e for e in decision.memory_table if e.strategy == faster.name)
+        estimate = next(row.estimate for row in decision.memory_table if row.strategy == faster.name)
         assert not estimate.fits(decision.gpu_memory_gib, decision.host_memory_gib), f"{faster.name} fits and is faster"
     assert any(reason.startswith("memory ~") for reason in decision.reasons), "the block says why this strategy"
 

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from llamafactory_fp8 import fp8_recipe
-from llamafactory_fp8.step_profiler import PROFILE_ENV, profiler_from_environment
+from llamafactory_fp8 import contract, fp8_recipe
+from llamafactory_fp8.errors import SettingInvalid
+from llamafactory_fp8.step_profiler import profiler_from_environment
 
 from .conftest import run_cli
 
@@ -111,8 +112,8 @@ def test_no_recipe_changes_nothing_and_an_unknown_one_is_refused(restore_trainer
 
 @pytest.mark.parametrize("value", ["3", "3-2:/tmp/p", "0-1:/tmp/p", "a-b:/tmp/p", "3-4:"])
 def test_a_malformed_profile_request_is_refused(value):
-    with pytest.raises(ValueError, match=PROFILE_ENV):
-        profiler_from_environment({PROFILE_ENV: value})
+    with pytest.raises(SettingInvalid, match=contract.PROFILE.name):
+        profiler_from_environment({contract.PROFILE.name: value})
 
 
 @pytest.mark.slow
@@ -127,7 +128,7 @@ def test_a_profiled_run_writes_its_table_and_ends_after_the_profiled_steps(tmp_p
         f"model_name_or_path={tmp_path / 'tiny-llama'}",
         "max_steps=50",
         "logging_steps=2",
-        **{PROFILE_ENV: f"5-6:{profile_dir}"},
+        **{contract.PROFILE.name: f"5-6:{profile_dir}"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     profile = json.loads((profile_dir / "profile.json").read_text())

@@ -97,7 +97,7 @@ def strategy_that_ran(log: Path) -> str:
     The oldest results' logs carry the names of their day, not the case's: those all ran on one device."""
     lines = log.read_text().splitlines() if log.exists() else []
     choice = next((line for line in lines if line.startswith("  choice ")), "  choice one device")
-    layout = choice.rsplit(", ", 1)[-1].removeprefix("  choice ").removesuffix(" (--strategy)")
+    layout = choice.rsplit(", ", 1)[-1].removeprefix("  choice ").removesuffix(" (--strategy)").split(" over ")[0]
     if layout == "one device":
         return "ddp"
     return next(strategy.name for strategy in STRATEGIES.values() if strategy.label == layout)

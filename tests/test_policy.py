@@ -9,7 +9,7 @@ import yaml
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
 from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
-from llamafactory_fp8.policy import precedence
+from llamafactory_fp8.precedence import precedence
 from llamafactory_fp8.report import render_block
 
 from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, model_dir

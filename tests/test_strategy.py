@@ -102,7 +102,7 @@ def test_every_key_that_differs_from_the_users_yaml_is_in_replaces_whatever_set_
     plan = planner("h100-sxm-x8", keys, overrides=("learning_rate=1.0e-5",))
     replaced = {key.name: (key.replaces[0], key.value, key.source) for key in plan.replaced}
     assert replaced == {
-        "learning_rate": (1e-4, 1e-5, "flag"),  # the user's own key=value
+        "learning_rate": (1e-4, 1e-5, "override"),  # the user's own key=value
         "bf16": (False, True, "auto"),  # the precision auto chose (FP8 through TE keeps bf16 for the rest)
     }
     assert keys_of(plan)["resume_from_checkpoint"].source == "resume"
@@ -135,7 +135,7 @@ def test_auto_takes_the_fastest_strategy_that_fits_and_says_what_the_faster_one_
     decision = plan.decision
     assert decision.strategy.strategy.name == expected
     (why,) = [reason for reason in decision.reasons if reason.startswith("memory ~")]
-    assert why.endswith(f"over 8); data parallel would need ~{decision.memory_table[0].total_gib:.0f}")
+    assert why.endswith(f"over 8); data parallel would need ~{decision.memory_table[0].estimate.total_gib:.0f}")
     assert decision.memory.fits(decision.gpu_memory_gib)
 
 

@@ -55,7 +55,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     for label in ("GPUs", "model", "training", "choice", "why", "accelerate", "command"):
         assert f"\n  {label}" in result.stdout
-    assert "-m llamafactory_fp8.trainer" in result.stdout and "use_cpu=true" in result.stdout
+    assert "-m llamafactory_fp8.rank" in result.stdout and "use_cpu=true" in result.stdout
     assert not output_dir.exists() and not (tmp_path / "m").exists()
 
 
@@ -92,7 +92,11 @@ def test_dry_run_json_emits_the_plan_the_block_prints(tmp_path):
     plan = json.loads(run_cli(*args, "--json").stdout)
     block = run_cli(*args).stdout
     keys = {key["name"]: key for key in plan["training_keys"]}
-    assert (keys["max_steps"]["value"], keys["max_steps"]["source"], keys["max_steps"]["replaces"]) == (7, "flag", [40])
+    assert (keys["max_steps"]["value"], keys["max_steps"]["source"], keys["max_steps"]["replaces"]) == (
+        7,
+        "override",
+        [40],
+    )
     assert (keys["use_cpu"]["source"], keys["dataset"]["source"], keys["dataset"]["argument"]) == ("auto", "yaml", None)
     assert plan["decision"]["device"] == "cpu" and plan["accelerate"]["values"]["use_cpu"] is True
     assert f"cd {plan['workdir']} && " in block and " ".join(plan["command"][-3:]) in block

@@ -25,8 +25,7 @@ def render_accelerate_config(
     values = load_accelerate_config(sources[0])
     values["mixed_precision"] = decision.accelerate_precision
     strategy = decision.strategy.strategy
-    num_processes = decision.processes_per_node * topology.num_machines
-    layered = decision.device == "cuda" and (strategy is not DDP or num_processes > 1)
+    layered = decision.device == "cuda" and (strategy is not DDP or decision.world_size > 1)
     if layered:
         layout = KEPT_STRATEGY_LAYOUT if decision.strategy.kept_from_yaml else strategy.accelerate_layout
         sources.append(configs_dir / layout)
@@ -34,7 +33,7 @@ def render_accelerate_config(
             {key: value for key, value in load_accelerate_config(sources[1]).items() if key != "mixed_precision"}
         )
 
-    values["num_processes"] = num_processes
+    values["num_processes"] = decision.world_size
     values["num_machines"] = topology.num_machines
     values["machine_rank"] = topology.machine_rank
     if topology.num_machines > 1:

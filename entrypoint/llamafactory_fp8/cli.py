@@ -10,10 +10,10 @@ from pathlib import Path
 from . import __version__
 from .errors import USAGE_EXIT_CODE, LaunchError
 from .gpus import read_gpus
-from .inspection import BACKEND_CHOICES, FP8_RECIPE_CHOICES, STRATEGY_CHOICES, Request
 from .launcher import launch
 from .plan import plan_run
 from .report import describe_decision, describe_gpus, memory_table, plan_json, render_block, to_json
+from .request import BACKEND_CHOICES, FP8_RECIPE_CHOICES, STRATEGY_CHOICES, Request
 
 COMMANDS = ("train", "inspect")
 

@@ -76,6 +76,11 @@ class ModelNotFound(LaunchError):
     meaning = "model, its revision or its config.json not found (404), or its hub's client not installed"
 
 
+class SettingInvalid(LaunchError):
+    exit_code = 19
+    meaning = "an environment setting the launcher reads (contract.py) has a value it cannot use"
+
+
 class DoesNotFit(LaunchError):
     exit_code = 20
     meaning = "the run does not fit in GPU memory with any strategy (pass `--no-memory-check` to try anyway)"

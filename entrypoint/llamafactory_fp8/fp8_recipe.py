@@ -15,7 +15,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-RECIPE_ENV = "LLAMAFACTORY_FP8_RECIPE"
+from . import contract
+
+RECIPE_ENV = contract.FP8_RECIPE.name
 # A GEMM whose smaller side is under this gains less from FP8 than its casts cost (torchao's float8 tables).
 MIN_FP8_DIM = 1024
 # The vocabulary projection stays in BF16, as Accelerate's default filter keeps it (the last linear layer).

@@ -1,70 +1,70 @@
-"""Inspect: everything the decision needs, found once, before anything is decided. The training YAML (parsed
-once), the node's place in the job, whether output_dir can be written and what the last run there left, the GPUs
-(NVML), the model's shape (config.json, fetched alone where needed), and what this environment has installed."""
+"""Inspect: everything the decision needs, found once, before anything is decided. The environment's settings,
+the training YAML (parsed once, with the DeepSpeed file it names), the node's place in the job, whether output_dir
+can be written and what the last run there left, the GPUs (NVML), the model's shape (config.json, fetched alone
+where needed), and what this environment has installed."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from . import paths
-from .backends import FP8_BACKENDS, installed_fp8_backends
-from .fp8_recipe import RECIPES
+from . import contract, paths
+from .backends import installed_fp8_backends
+from .errors import ConfigInvalid
 from .gpus import GpuInventory, read_gpus
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
+from .request import Request
 from .resume import Resume, RunRecord, plan_resume, record_path
-from .strategies import STRATEGIES, installed_strategies
+from .strategies import installed_strategies
 from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
 
-STRATEGY_CHOICES = ("auto", *(strategy.name for strategy in STRATEGIES))
-BACKEND_CHOICES = ("auto", *(backend.name for backend in FP8_BACKENDS))
-# auto: the backend record's recipe for the fine-tuning type; default: torchao's and Accelerate's own choice
-FP8_RECIPE_CHOICES = ("auto", "default", *RECIPES)
 
-
-@dataclass(frozen=True)
-class Request:
-    """What the user asked for with the launcher's own flags (LLaMA-Factory's keys are in `overrides`)."""
-
-    config: Path | None = None  # None: the built-in demo
-    overrides: tuple[str, ...] = ()
-    precision: Literal["auto", "fp8", "bf16"] = "auto"
-    backend: str = "auto"  # one of BACKEND_CHOICES
-    fp8_recipe: str = "auto"  # one of FP8_RECIPE_CHOICES
-    strategy: str = "auto"  # one of STRATEGY_CHOICES
-    allow_cpu: bool = False
-    memory_check: bool = True
-    accelerate_config: Path | None = None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Inspection:
+    """What was found; nothing here is a choice."""
+
     request: Request
+    """The launcher's flags."""
     training: TrainingConfig
-    workdir: Path  # where LLaMA-Factory runs: relative paths in the YAML are relative to it
+    """The training YAML with the user's key=value applied."""
+    deepspeed_json: Mapping | None
+    """The DeepSpeed config the YAML's `deepspeed` names (read from its file), or None."""
+    workdir: Path
+    """Where LLaMA-Factory runs: relative paths in the YAML are relative to it."""
     uses_demo: bool
+    """Whether this is the built-in demo's YAML."""
     output_dir: Path
+    """The YAML's output_dir under workdir."""
     topology: Topology
+    """This node's place in the job."""
     run_record: Path
+    """Where this node records how its run ended, for the next run."""
     resume: Resume | None
+    """What the last run in output_dir left to resume; None: nothing to do."""
     gpus: GpuInventory
+    """The GPUs NVML sees, as CUDA_VISIBLE_DEVICES filters them."""
     model: ModelLookup
+    """The model's shape, or why it is unknown."""
     installed_backends: frozenset[str]
+    """The FP8 backends this environment could load."""
     installed_strategies: frozenset[str]
+    """The strategies this environment could run."""
     host_memory_gib: float | None
+    """This node's memory, which CPU offloading fills."""
 
     def resolve(self, path: str | Path) -> Path:
         return self.workdir / path
 
 
 def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> Inspection:
-    """Each problem a user can fix ends here in one line, before any decision: YAML, multi-node environment,
-    output_dir, a gated or missing model."""
+    """Each problem a user can fix ends here in one line, before any decision: a setting, the YAML, the multi-node
+    environment, output_dir, the DeepSpeed file, a gated or missing model."""
+    contract.check_all(environ)
     config_path = paths.demo_config() if request.config is None else request.config
     uses_demo = config_path.is_file() and config_path.samefile(paths.demo_config())
     workdir = paths.project_home() if request.config is None else Path.cwd()
@@ -84,6 +84,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     return Inspection(
         request=request,
         training=training,
+        deepspeed_json=_deepspeed_json(training.deepspeed, workdir),
         workdir=workdir,
         uses_demo=uses_demo,
         output_dir=output_dir,
@@ -96,6 +97,22 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         installed_strategies=installed_strategies(),
         host_memory_gib=_host_memory_gib(),
     )
+
+
+def _deepspeed_json(value: str | Mapping | None, workdir: Path) -> Mapping | None:
+    """The YAML's `deepspeed`: a mapping as written, or the JSON object its path names (relative to workdir)."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    path = workdir / value
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigInvalid(
+            f"training config: deepspeed names {value}, which is not a readable DeepSpeed JSON ({path})"
+        ) from None
+    if not isinstance(config, dict):
+        raise ConfigInvalid(f"training config: deepspeed names {value}, which is not a DeepSpeed JSON object ({path})")
+    return config
 
 
 def _host_memory_gib() -> float | None:

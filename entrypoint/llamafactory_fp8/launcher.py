@@ -1,5 +1,6 @@
-"""Run a LaunchPlan: `accelerate launch ... llamafactory_fp8.trainer CONFIG key=value...`, a signal turned into a
-stop request, the outcome recorded for the next run and for the healthcheck, the exit code returned."""
+"""Run a LaunchPlan: its command (`accelerate launch ... -m llamafactory_fp8.rank CONFIG key=value...`), a signal
+turned into a stop request, the outcome recorded for the next run and for the healthcheck, the exit code returned.
+Nothing here decides: the plan holds what runs."""
 
 from __future__ import annotations
 
@@ -14,67 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .accelerate_config import write_accelerate_config
+from .demo import build_demo_model
 from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
-from .fp8_recipe import RECIPE_ENV
-from .progress import DISK_FULL, KILLED_BY, LOST_PEER, PROGRESS_DIR_ENV, RankProgress, read_all
+from .plan import LaunchPlan
+from .progress import DISK_FULL, KILLED_BY, LOST_PEER, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
 from .run_info import RunState, write_state
 from .stop_request import StopAnswer, StopFiles
 from .topology import Topology
 
-if TYPE_CHECKING:
-    from .plan import LaunchPlan
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-COLLECTIVE_TIMEOUT_ENV = "LLAMAFACTORY_FP8_COLLECTIVE_TIMEOUT_S"
 LOW_DISK_BYTES = 16 * 2**20  # less free than this under output_dir after a failure: the disk filled up
-
-
-def build_command(accelerate_config: Path, training_config: Path, arguments: dict[str, str]) -> list[str]:
-    """LLaMA-Factory's `run_exp` through our trainer module (it adds the stop-on-request callback) under
-    `accelerate launch`: `llamafactory-cli train` would re-launch itself through torchrun when it sees several GPUs,
-    nesting two launchers. `--quiet`: a failed trainer's own traceback is the one worth reading, not Accelerate's
-    on top of it."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--quiet",
-        "--config_file",
-        str(accelerate_config),
-        "-m",
-        "llamafactory_fp8.trainer",
-        str(training_config),
-        *(f"{key}={text}" for key, text in arguments.items()),
-    ]
-
-
-def format_value(value: object) -> str:
-    """Spell a value the way LLaMA-Factory's OmegaConf command line reads it back."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def child_environment(
-    topology: Topology, device: str, ranks: Path, collective_timeout_s: int, fp8_recipe: str | None
-) -> dict[str, str]:
-    """What the trainer gets on top of the launcher's environment. Logs must reach `docker logs` as they happen,
-    not when a buffer fills; each rank reports its progress into `ranks`; a collective that waits longer than the
-    run's ddp_timeout for a lost node fails. On the CPU, `accelerate launch` starts one process per node and expects
-    MPI to name its rank, so the launcher does. The trainer installs the plan's FP8 recipe, if any."""
-    env = {"PYTHONUNBUFFERED": "1", PROGRESS_DIR_ENV: str(ranks), COLLECTIVE_TIMEOUT_ENV: str(collective_timeout_s)}
-    if fp8_recipe is not None:
-        env[RECIPE_ENV] = fp8_recipe
-    if device == "cpu" and topology.num_machines > 1:
-        env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
-    return env
 
 
 def launch(plan: LaunchPlan) -> int:
@@ -82,13 +36,11 @@ def launch(plan: LaunchPlan) -> int:
     if plan.accelerate.values is not None:
         write_accelerate_config(dict(plan.accelerate.values), plan.accelerate.path)
     if plan.demo_model is not None:
-        from .demo import build_demo_model
-
         print(f"building the demo model at {plan.demo_model} (tiny random-init Llama, offline)", flush=True)
         build_demo_model(plan.demo_model, plan.workdir / plan.training.dataset_dir)
     stop_files = StopFiles.in_dir(plan.state_file.parent)
     stop_files.clear()
-    ranks = Path(plan.environment[PROGRESS_DIR_ENV])
+    ranks = plan.progress_dir
     for left in ranks.glob("rank*.json"):
         left.unlink()  # an earlier run's ranks must not speak for this one
     state = RunState(0, str(plan.output_dir.resolve()), plan.decision.device, time.time())

@@ -3,14 +3,15 @@ checkout finds them next to the package."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from . import contract
 
 
 def project_home() -> Path:
-    configured = os.environ.get("LLAMAFACTORY_FP8_HOME")
-    if configured:
-        return Path(configured)
+    configured = contract.HOME.read()
+    if configured is not None:
+        return configured
     for parent in Path(__file__).resolve().parents:
         if (parent / "configs" / "accelerate").is_dir():
             return parent

@@ -2,70 +2,103 @@
 
 As Accelerate keeps preparing a launch (`prepare_*_cmd_env` in `utils/launch.py`) apart from running it
 (`commands/launch.py`), the plan holds everything the run needs: the final LLaMA-Factory keys each with where it
-came from, the Accelerate values, processes and placement, the resume, the memory estimate and the reasons. The
-report prints it, `train --dry-run --json` emits it, the launcher runs it; none of them works anything out again."""
+came from, the Accelerate values, the command and the environment of the ranks, processes and placement, the
+resume, the memory estimate and the reasons. The report prints it, `train --dry-run --json` emits it, the launcher
+runs it; none of them works anything out again."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from . import __version__, paths
+from . import __version__, contract, paths
 from .accelerate_config import check_user_config_matches, render_accelerate_config
 from .gpus import GpuInventory
-from .inspection import Inspection, Request, inspect_run
-from .launcher import build_command, child_environment, format_value
+from .inspection import Inspection, inspect_run
 from .model_facts import ModelLookup
 from .policy import Decision, decide
+from .precedence import Source
+from .request import Request
 from .resume import Resume
 from .run_info import ranks_dir, state_path
 from .topology import Topology
 from .training_config import TrainingConfig
 
-KeySource = Literal["yaml", "flag", "auto", "strategy", "resume"]
+RANK_MODULE = "llamafactory_fp8.rank"  # what `accelerate launch` runs in each process
+TRANSFORMERS_DDP_TIMEOUT_S = 1800  # TrainingArguments.ddp_timeout's default
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingKey:
-    """One LLaMA-Factory key as the trainer will get it. `replaces` holds the user's own value (YAML or key=value)
-    where the final value differs from it."""
+    """One LLaMA-Factory key as the trainer will get it."""
 
     name: str
+    """The key."""
     value: object
-    source: KeySource
-    argument: str | None = None  # how it is passed on the command line; None: LLaMA-Factory reads it from the YAML
-    replaces: tuple[object, ...] = ()  # (the user's value,) where it was replaced
+    """Its final value."""
+    source: Source
+    """Where the final value came from."""
+    argument: str | None = None
+    """How it is passed on the command line; None: LLaMA-Factory reads it from the YAML."""
+    replaces: tuple[object, ...] = ()
+    """(the user's value,) where the final value differs from it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccelerateConfig:
+    """The Accelerate config the run launches with."""
+
     path: Path
-    sources: tuple[Path, ...]  # () when the user's own file is used as is
-    values: Mapping[str, object] | None  # None when the user's own file is used as is
+    """Where it is written (or the user's own file)."""
+    sources: tuple[Path, ...]
+    """The shipped files it was layered from; () for the user's own file."""
+    values: Mapping[str, object] | None
+    """Its values; None for the user's own file, used as is."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LaunchPlan:
+    """Everything a run needs, decided before it starts."""
+
     version: str
+    """This launcher's version."""
     training: TrainingConfig
+    """The training YAML with the user's key=value."""
     gpus: GpuInventory
+    """The GPUs found."""
     model: ModelLookup
+    """The model's shape, or why it is unknown."""
     decision: Decision
+    """Precision, backend, processes, strategy, memory and the reasons."""
     topology: Topology
+    """This node's place in the job."""
     resume: Resume | None
+    """What is resumed, if anything."""
     training_keys: tuple[TrainingKey, ...]
+    """The final LLaMA-Factory keys."""
     accelerate: AccelerateConfig
+    """The Accelerate config."""
     command: tuple[str, ...]
-    environment: Mapping[str, str]  # added to the launcher's own for the trainer
+    """The command the launcher runs."""
+    environment: Mapping[str, str]
+    """Added to the launcher's own environment for the ranks."""
     workdir: Path
+    """Where the command runs."""
     output_dir: Path
+    """The run's output_dir."""
     run_record: Path
+    """Where this node records how the run ended."""
     state_file: Path
-    demo_model: Path | None  # where the demo's tiny model will be built first, when it is missing
+    """Where the launcher leaves its state for the healthcheck."""
+    progress_dir: Path
+    """Where this node's ranks write their progress."""
+    demo_model: Path | None
+    """Where the demo's tiny model will be built first, when it is missing."""
     installed_strategies: frozenset[str]
+    """The strategies this environment could run."""
 
     @property
     def replaced(self) -> tuple[TrainingKey, ...]:
@@ -76,23 +109,15 @@ def plan_run(request: Request, environ: Mapping[str, str] = os.environ) -> Launc
     return make_plan(inspect_run(request, environ), environ)
 
 
-TRANSFORMERS_DDP_TIMEOUT_S = 1800  # TrainingArguments.ddp_timeout's default
-
-
 def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
     decision = decide(inspection)
     keys = final_training_keys(inspection, decision)
     accelerate = _accelerate_config(inspection, decision)
-    command = build_command(
-        accelerate.path,
-        inspection.resolve(inspection.training.path),
-        {k.name: k.argument for k in keys if k.argument is not None},
-    )
+    arguments = {key.name: key.argument for key in keys if key.argument is not None}
     demo_missing = inspection.uses_demo and inspection.model.facts is None
     state_file = state_path(environ)
-    collective_timeout_s = int(
-        next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S)
-    )
+    progress = ranks_dir(state_file)
+    timeout_s = int(next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S))
     return LaunchPlan(
         version=__version__,
         training=inspection.training,
@@ -103,31 +128,65 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         resume=inspection.resume,
         training_keys=keys,
         accelerate=accelerate,
-        command=tuple(command),
-        environment=child_environment(
-            inspection.topology, decision.device, ranks_dir(state_file), collective_timeout_s, decision.fp8_recipe
-        ),
+        command=build_command(accelerate.path, inspection.resolve(inspection.training.path), arguments),
+        environment=rank_environment(inspection.topology, decision, progress, timeout_s),
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
         run_record=inspection.run_record,
         state_file=state_file,
+        progress_dir=progress,
         demo_model=inspection.resolve(inspection.training.model) if demo_missing else None,
         installed_strategies=inspection.installed_strategies,
     )
+
+
+def build_command(accelerate_config: Path, training_config: Path, arguments: Mapping[str, str]) -> tuple[str, ...]:
+    """LLaMA-Factory's `run_exp` through our per-rank entry (it adds the stop-on-request callback) under
+    `accelerate launch`: `llamafactory-cli train` would re-launch itself through torchrun when it sees several GPUs,
+    nesting two launchers. `--quiet`: a failed trainer's own traceback is the one worth reading, not Accelerate's
+    on top of it."""
+    launch = (sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file", str(accelerate_config))
+    return (*launch, "-m", RANK_MODULE, str(training_config), *(f"{key}={text}" for key, text in arguments.items()))
+
+
+def rank_environment(topology: Topology, decision: Decision, progress: Path, timeout_s: int) -> dict[str, str]:
+    """What the ranks get on top of the launcher's environment. Logs must reach `docker logs` as they happen,
+    not when a buffer fills; each rank reports its progress into `progress`; a collective that waits longer than the
+    run's ddp_timeout for a lost node fails. On the CPU, `accelerate launch` starts one process per node and expects
+    MPI to name its rank, so the launcher does. The ranks install the plan's FP8 recipe, if any."""
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        contract.PROGRESS_DIR.name: str(progress),
+        contract.COLLECTIVE_TIMEOUT_S.name: str(timeout_s),
+    }
+    if decision.fp8_recipe is not None:
+        env[contract.FP8_RECIPE.name] = decision.fp8_recipe
+    if decision.device == "cpu" and topology.num_machines > 1:
+        env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
+    return env
+
+
+def format_value(value: object) -> str:
+    """Spell a value the way LLaMA-Factory's OmegaConf command line reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[TrainingKey, ...]:
     """The YAML's keys, then the user's key=value, then what the launcher sets (precision, strategy, resume):
     later wins. Every key whose final value differs from the user's own is marked with what it replaces."""
     training = inspection.training
-    layers: list[tuple[KeySource, dict[str, object]]] = [
+    layers: list[tuple[Source, dict[str, object]]] = [
         ("yaml", dict(training.written)),
-        ("flag", {name: training.values[name] for name in training.overrides}),
+        ("override", {name: training.values[name] for name in training.overrides}),
         ("flag" if decision.precision_source == "flag" else "auto", decision.precision_keys()),
-        ("flag" if decision.strategy.source == "flag" else "strategy", _strategy_keys(inspection, decision)),
+        ("flag" if decision.strategy.source == "flag" else "auto", _strategy_keys(inspection, decision)),
         ("resume", inspection.resume.training_keys if inspection.resume else {}),
     ]
-    final: dict[str, tuple[object, KeySource]] = {}
+    final: dict[str, tuple[object, Source]] = {}
     for source, values in layers:
         for name, value in values.items():
             final.pop(name, None)  # the command line lists the launcher's keys in the order they were set
@@ -135,11 +194,15 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
     keys = []
     for name, (value, source) in final.items():
         argument = None
-        if source == "flag" and name in training.overrides and value == training.values[name]:
+        if source == "override":
             argument = training.overrides[name]  # passed on exactly as typed
         elif source != "yaml":
             argument = format_value(value)
-        keys.append(TrainingKey(name, value, source, argument, _replaced(training, name, value)))
+        keys.append(
+            TrainingKey(
+                name=name, value=value, source=source, argument=argument, replaces=_replaced(training, name, value)
+            )
+        )
     return tuple(keys)
 
 
@@ -161,13 +224,8 @@ def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, obje
         return {}
     keys: dict[str, object] = {}
     if choice.source == "flag":
-        keys.update(
-            {
-                name: None
-                for name in ("deepspeed", "fsdp", "fsdp_config")
-                if inspection.training.values.get(name) not in (None, "")
-            }
-        )
+        named = ("deepspeed", "fsdp", "fsdp_config")
+        keys.update({name: None for name in named if inspection.training.values.get(name) not in (None, "")})
     if choice.strategy.deepspeed_config:
         keys["deepspeed"] = str(paths.deepspeed_config(choice.strategy.deepspeed_config))
     return keys
@@ -177,7 +235,7 @@ def _accelerate_config(inspection: Inspection, decision: Decision) -> Accelerate
     own = inspection.request.accelerate_config
     if own is not None:
         check_user_config_matches(own, decision.accelerate_precision)
-        return AccelerateConfig(own.resolve(), (), None)
+        return AccelerateConfig(path=own.resolve(), sources=(), values=None)
     values, sources = render_accelerate_config(decision, inspection.topology, paths.accelerate_configs_dir())
     path = inspection.output_dir / f"accelerate_config{inspection.topology.node_suffix}.yaml"
-    return AccelerateConfig(path, sources, values)
+    return AccelerateConfig(path=path, sources=sources, values=values)

@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import contract
 from .records import read_record, write_record
-
-PROGRESS_DIR_ENV = "LLAMAFACTORY_FP8_PROGRESS_DIR"
 
 # How a process ended (`RankProgress.ended`): written by the trainer and its watcher, read by the launcher and the
 # healthcheck. The first two are the whole text; the others begin it, followed by the detail.
@@ -60,11 +59,6 @@ class RankProgress:
     detail: str = ""  # what the phase works on: checkpoint-800
     watch: str | None = None  # a folder whose growth is progress in this phase
     ended: str | None = None  # how the process ended: FINISHED, STOPPED, or one of the prefixes above
-
-
-def progress_dir(environ: os._Environ | dict = os.environ) -> Path | None:
-    configured = environ.get(PROGRESS_DIR_ENV)
-    return Path(configured) if configured else None
 
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -148,7 +142,7 @@ class ProgressReporter:
 
 
 def reporter_from_environment(environ: os._Environ | dict = os.environ) -> ProgressReporter | None:
-    directory = progress_dir(environ)
+    directory = contract.PROGRESS_DIR.read(environ)
     if directory is None:
         return None
     return ProgressReporter(directory, int(environ.get("RANK", "0")))

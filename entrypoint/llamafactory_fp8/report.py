@@ -48,11 +48,8 @@ def describe_decision(decision: Decision, num_machines: int) -> str:
     count = f"{processes} process{'es' if processes > 1 else ''}" + (
         f" on each of {num_machines} nodes" if num_machines > 1 else ""
     )
-    strategy = decision.strategy.strategy
-    world = processes * num_machines
-    layout = ("one device" if world == 1 else "data parallel") if strategy.name == "ddp" else strategy.label
-    origin = {"flag": " (--strategy)", "yaml": " (the YAML's)", "auto": ""}[decision.strategy.source]
-    return f"{precision} on {decision.device}, {count}, {layout}{origin}"
+    origin = {"flag": " (--strategy)", "yaml": " (the YAML's)", "override": " (the command line's key)", "auto": ""}
+    return f"{precision} on {decision.device}, {count}, {decision.layout}{origin[decision.strategy.source]}"
 
 
 def describe_memory(decision: Decision) -> str:
@@ -118,14 +115,14 @@ def memory_table(decision: Decision, installed_strategies: frozenset[str]) -> li
         "its fitted terms):"
     ]
     width = max(len(s.label) for s in STRATEGIES.values())
-    for estimate in decision.memory_table:
-        strategy = STRATEGIES[estimate.strategy]
-        notes = [] if estimate.fits(decision.gpu_memory_gib, decision.host_memory_gib) else ["does not fit"]
+    for row in decision.memory_table:
+        strategy, estimate = STRATEGIES[row.strategy], row.estimate
+        notes = [] if row.fits else ["does not fit"]
         if estimate.host_gib:
             notes.append(f"CPU memory ~{estimate.host_gib:.0f} GiB per node")
         if strategy.name not in installed_strategies:
             notes.append(f"{strategy.module} not installed")
-        if estimate.strategy == decision.strategy.strategy.name:
+        if row.strategy == decision.strategy.strategy.name:
             notes.append("<- train's choice")
         size = f"~{estimate.total_gib:7.1f} + {estimate.margin_gib:4.1f} GiB"
         lines.append(f"  {strategy.label:<{width}}  {size}  {', '.join(notes)}".rstrip())

@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import contract
 from .gpus import read_gpus
 from .progress import FINISHED, PHASES, STOPPED, Phase, RankProgress, read_all
 from .records import read_record, write_record
-
-DEFAULT_STATE_DIR = "/tmp/llamafactory-fp8"
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class RunState:
 
 
 def state_path(environ: Mapping[str, str] = os.environ) -> Path:
-    return Path(environ.get("LLAMAFACTORY_FP8_STATE_DIR", DEFAULT_STATE_DIR)) / "run.json"
+    return contract.STATE_DIR.read(environ) / "run.json"
 
 
 def ranks_dir(state_file: Path) -> Path:

@@ -17,13 +17,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-PROFILE_ENV = "LLAMAFACTORY_FP8_PROFILE"
+from . import contract
 
 
 class StepProfiler(TrainerCallback):
     def __init__(self, first: int, last: int, directory: Path):
-        if not 1 <= first <= last:
-            raise ValueError(f"{PROFILE_ENV}: steps must be 1 <= FIRST <= LAST, got {first}-{last}")
         self.first, self.last, self.directory = first, last, directory
         self.profiler: torch.profiler.profile | None = None
         self.started = 0.0
@@ -73,11 +71,5 @@ def kernel_table(profiler: torch.profiler.profile) -> list[dict]:
 
 def profiler_from_environment(environ: Mapping[str, str] = os.environ) -> list[StepProfiler]:
     """The callbacks to add: one StepProfiler when asked, else none."""
-    value = environ.get(PROFILE_ENV, "")
-    if not value:
-        return []
-    steps, sep, directory = value.partition(":")
-    first, _, last = steps.partition("-")
-    if not sep or not directory or not first.isdigit() or not (last or first).isdigit():
-        raise ValueError(f"{PROFILE_ENV} must look like FIRST-LAST:DIRECTORY, got {value!r}")
-    return [StepProfiler(int(first), int(last or first), Path(directory))]
+    asked = contract.PROFILE.read(environ)
+    return [] if asked is None else [StepProfiler(*asked)]

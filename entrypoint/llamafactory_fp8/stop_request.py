@@ -7,13 +7,12 @@ and leaves a request file that every rank looks for at each step boundary."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import contract
 from .records import read_record, write_record
-
-_REQUEST_ENV = "LLAMAFACTORY_FP8_STOP_REQUEST"
-_ANSWER_ENV = "LLAMAFACTORY_FP8_STOP_ANSWER"
 
 
 @dataclass(frozen=True)
@@ -35,13 +34,14 @@ class StopFiles:
         return cls(state_dir / "stop.request", state_dir / "stop.answer.json")
 
     @classmethod
-    def from_environment(cls, environ: os._Environ | dict = os.environ) -> StopFiles | None:
-        if _REQUEST_ENV not in environ or _ANSWER_ENV not in environ:
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> StopFiles | None:
+        request, answer = contract.STOP_REQUEST.read(environ), contract.STOP_ANSWER.read(environ)
+        if request is None or answer is None:
             return None
-        return cls(Path(environ[_REQUEST_ENV]), Path(environ[_ANSWER_ENV]))
+        return cls(request, answer)
 
     def environment(self) -> dict[str, str]:
-        return {_REQUEST_ENV: str(self.request), _ANSWER_ENV: str(self.answer)}
+        return {contract.STOP_REQUEST.name: str(self.request), contract.STOP_ANSWER.name: str(self.answer)}
 
     def clear(self) -> None:
         """A request or answer left by an earlier run must not stop or explain this one."""

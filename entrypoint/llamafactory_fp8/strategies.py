@@ -1,4 +1,4 @@
-"""How several GPUs share the work, one record per strategy, fastest first: the policy tries them in this order,
+"""How several GPUs share the work, one record per strategy, fastest first: the planner tries them in this order,
 the Accelerate config and LLaMA-Factory's `deepspeed` key come from them, and memory.py reads what each splits
 over the GPUs or moves to the CPU. Adding a strategy is one record here plus its config file."""
 
@@ -11,20 +11,32 @@ from typing import Literal
 Placement = Literal["replicated", "sharded", "offloaded"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Strategy:
-    name: str  # as `--strategy` spells it
+    """One way of spreading a run over GPUs."""
+
+    name: str
+    """As `--strategy` spells it."""
     label: str
-    accelerate_layout: str  # under configs/accelerate/, on top of the precision file
-    deepspeed_config: str | None  # under configs/deepspeed/, passed as LLaMA-Factory's `deepspeed`
-    module: str | None  # must be importable for the strategy to run
-    # memory terms: where each part of the training state lives (memory.py)
+    """As the plan's block says it."""
+    accelerate_layout: str
+    """Under configs/accelerate/, layered on the precision file."""
+    deepspeed_config: str | None = None
+    """Under configs/deepspeed/, passed as LLaMA-Factory's `deepspeed`; None: not DeepSpeed."""
+    module: str | None = None
+    """Must be importable for the strategy to run; None: torch alone."""
     weights: Placement
+    """Where the weights live (memory.py)."""
     gradients: Placement
+    """Where the gradients live (memory.py)."""
     optimizer: Placement
+    """Where the optimizer states live (memory.py)."""
     buffers: Literal["ddp", "deepspeed", "fsdp"]
-    carries_fp8: bool  # whether an FP8 run stays FP8 under it
+    """Whose communication buffers it allocates (memory.py)."""
+    carries_fp8: bool
+    """Whether an FP8 run stays FP8 under it."""
     why: str
+    """What it does, in words."""
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -32,82 +44,76 @@ class Strategy:
 
 
 DDP = Strategy(
-    "ddp",
-    "data parallel",
-    "multi-gpu.yaml",
-    None,
-    None,
-    "replicated",
-    "replicated",
-    "replicated",
-    "ddp",
-    True,
-    "each GPU holds the whole model, its gradients and optimizer states; the least communication",
+    name="ddp",
+    label="data parallel",
+    accelerate_layout="multi-gpu.yaml",
+    weights="replicated",
+    gradients="replicated",
+    optimizer="replicated",
+    buffers="ddp",
+    carries_fp8=True,
+    why="each GPU holds the whole model, its gradients and optimizer states; the least communication",
 )
 ZERO2 = Strategy(
-    "deepspeed-zero2",
-    "DeepSpeed ZeRO-2",
-    "multi-gpu.yaml",
-    "zero2.json",
-    "deepspeed",
-    "replicated",
-    "sharded",
-    "sharded",
-    "deepspeed",
-    False,
-    "gradients and optimizer states split over the GPUs, weights whole on each",
+    name="deepspeed-zero2",
+    label="DeepSpeed ZeRO-2",
+    accelerate_layout="multi-gpu.yaml",
+    deepspeed_config="zero2.json",
+    module="deepspeed",
+    weights="replicated",
+    gradients="sharded",
+    optimizer="sharded",
+    buffers="deepspeed",
+    carries_fp8=False,
+    why="gradients and optimizer states split over the GPUs, weights whole on each",
 )
 FSDP2 = Strategy(
-    "fsdp2",
-    "FSDP2",
-    "fsdp2.yaml",
-    None,
-    None,
-    "sharded",
-    "sharded",
-    "sharded",
-    "fsdp",
-    True,
-    "weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
+    name="fsdp2",
+    label="FSDP2",
+    accelerate_layout="fsdp2.yaml",
+    weights="sharded",
+    gradients="sharded",
+    optimizer="sharded",
+    buffers="fsdp",
+    carries_fp8=True,
+    why="weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
 )
 ZERO3 = Strategy(
-    "deepspeed-zero3",
-    "DeepSpeed ZeRO-3",
-    "multi-gpu.yaml",
-    "zero3.json",
-    "deepspeed",
-    "sharded",
-    "sharded",
-    "sharded",
-    "deepspeed",
-    False,
-    "weights, gradients and optimizer states split over the GPUs",
+    name="deepspeed-zero3",
+    label="DeepSpeed ZeRO-3",
+    accelerate_layout="multi-gpu.yaml",
+    deepspeed_config="zero3.json",
+    module="deepspeed",
+    weights="sharded",
+    gradients="sharded",
+    optimizer="sharded",
+    buffers="deepspeed",
+    carries_fp8=False,
+    why="weights, gradients and optimizer states split over the GPUs",
 )
 FSDP2_OFFLOAD = Strategy(
-    "fsdp2-offload",
-    "FSDP2 with CPU offload",
-    "fsdp2-offload.yaml",
-    None,
-    None,
-    "offloaded",
-    "offloaded",
-    "offloaded",
-    "fsdp",
-    True,
-    "weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
+    name="fsdp2-offload",
+    label="FSDP2 with CPU offload",
+    accelerate_layout="fsdp2-offload.yaml",
+    weights="offloaded",
+    gradients="offloaded",
+    optimizer="offloaded",
+    buffers="fsdp",
+    carries_fp8=True,
+    why="weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 ZERO3_OFFLOAD = Strategy(
-    "deepspeed-zero3-offload",
-    "DeepSpeed ZeRO-3 with CPU offload",
-    "multi-gpu.yaml",
-    "zero3-offload.json",
-    "deepspeed",
-    "offloaded",
-    "offloaded",
-    "offloaded",
-    "deepspeed",
-    False,
-    "weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
+    name="deepspeed-zero3-offload",
+    label="DeepSpeed ZeRO-3 with CPU offload",
+    accelerate_layout="multi-gpu.yaml",
+    deepspeed_config="zero3-offload.json",
+    module="deepspeed",
+    weights="offloaded",
+    gradients="offloaded",
+    optimizer="offloaded",
+    buffers="deepspeed",
+    carries_fp8=False,
+    why="weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 
 # Fastest first. Under DeepSpeed, Accelerate may not carry FP8 and FP8 stays off (accelerate#3360; the patched

@@ -15,24 +15,33 @@ from typing import Any
 
 import yaml
 
+from .backends import FP8_BACKENDS
 from .errors import ConfigInvalid, ConfigMissing, ConfigNotMapping, ConfigUnparsable, OutputNotWritable
+from .precedence import Source
 
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")  # LLaMA-Factory's FinetuningArguments.stage
 FP8_CAPABLE_STAGES = ("pt", "sft")  # LLaMA-Factory configures FP8 only in these trainers
 FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
+# LLaMA-Factory's Fp8Arguments.fp8_backend: auto, the backends this launcher runs, and MS-AMP, which it does not
+LLAMAFACTORY_FP8_BACKENDS = ("auto", *(backend.name for backend in FP8_BACKENDS), "msamp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """A training YAML as LLaMA-Factory will read it: `values` is the YAML with the overrides applied, `written`
-    the YAML as the user wrote it, `overrides` the key=value text as typed (passed on unchanged)."""
+    """A training YAML as LLaMA-Factory will read it, with LLaMA-Factory's defaults for the keys the launcher
+    decides on; each of those fields is named after its key, or says which key it reads."""
 
     path: Path
+    """The YAML file."""
     values: Mapping[str, Any]
+    """The YAML with the user's key=value applied, YAML-typed."""
     written: Mapping[str, Any]
+    """The YAML as the user wrote it."""
     overrides: Mapping[str, str]
+    """The user's key=value, as typed (passed on unchanged)."""
     model: str
+    """model_name_or_path."""
     model_revision: str
     hf_hub_token: str | None
     cache_dir: str | None
@@ -45,20 +54,30 @@ class TrainingConfig:
     lora_target: tuple[str, ...]
     freeze_trainable_layers: int
     micro_batch_size: int
+    """per_device_train_batch_size."""
     cutoff_len: int
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
+    """not disable_gradient_checkpointing."""
     torch_compile: bool
     optim: str
     pure_bf16: bool
     enable_liger_kernel: bool
-    fp8: bool | None  # None: the YAML does not say
-    fp8_backend: str | None  # None or "auto": the YAML leaves it to the launcher
+    fp8: bool | None
+    """None: the YAML does not say."""
+    fp8_backend: str | None
+    """None or "auto": the YAML leaves it to the launcher."""
     fp16: bool
     deepspeed: str | Mapping | None
+    """A DeepSpeed JSON's path, or the config as a mapping."""
     fsdp: str | None
+    """Transformers' fsdp options as one string; None: off."""
     fsdp_config: Mapping | str | None
     resume_from_checkpoint: str | None
+
+    def source_of(self, key: str) -> Source:
+        """Where the user set `key`: on the command line (key=value) or in the YAML."""
+        return "override" if key in self.overrides else "yaml"
 
     def sets(self, key: str) -> bool:
         """Whether the user set `key` explicitly (in the YAML or as key=value), not left it to a default."""
@@ -114,7 +133,7 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         pure_bf16=read.flag("pure_bf16", False),
         enable_liger_kernel=read.flag("enable_liger_kernel", False),
         fp8=read.flag("fp8", None),
-        fp8_backend=read.choice("fp8_backend", ("auto", "torchao", "te", "msamp"), None),
+        fp8_backend=read.choice("fp8_backend", LLAMAFACTORY_FP8_BACKENDS, None),
         fp16=read.flag("fp16", False),
         deepspeed=deepspeed,
         fsdp=_fsdp_options(values.get("fsdp"), path),

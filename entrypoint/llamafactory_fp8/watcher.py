@@ -10,16 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 
+from . import contract
 from .progress import KILLED_BY, reporter_from_environment
 
-WORKER_ENV = "LLAMAFACTORY_FP8_WORKER"
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def is_worker(environ: os._Environ | dict = os.environ) -> bool:
-    return environ.get(WORKER_ENV) == "1"
+def is_worker(environ: Mapping[str, str] = os.environ) -> bool:
+    return contract.WORKER.read(environ)
 
 
 def watch(command: list[str]) -> int:
@@ -27,7 +28,7 @@ def watch(command: list[str]) -> int:
     reporter = reporter_from_environment()
     if reporter is not None:
         reporter.enter("starting")
-    child = subprocess.Popen(command, env={**os.environ, WORKER_ENV: "1"}, preexec_fn=_end_with_the_watcher)
+    child = subprocess.Popen(command, env={**os.environ, contract.WORKER.name: "1"}, preexec_fn=_end_with_the_watcher)
     for signum in PASSED_ON:
         signal.signal(signum, lambda received, _frame: child.send_signal(received))
     code = child.wait()
@@ -48,4 +49,4 @@ def _end_with_the_watcher() -> None:
 
 
 def main() -> None:
-    raise SystemExit(watch([sys.executable, "-m", "llamafactory_fp8.trainer", *sys.argv[1:]]))
+    raise SystemExit(watch([sys.executable, "-m", "llamafactory_fp8.rank", *sys.argv[1:]]))

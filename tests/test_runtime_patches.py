@@ -1,10 +1,10 @@
-"""The trainer side's fix for Accelerate 1.11 against Transformer Engine 2.20, on a stand-in package laid out like
+"""A rank's runtime patch for Accelerate 1.11 against Transformer Engine 2.20, on a stand-in package laid out like
 TE 2.20: `transformer_engine.pytorch` does not import its `fp8` submodule, which Accelerate reads as an attribute."""
 
 import sys
 
 import pytest
-from llamafactory_fp8.trainer import let_accelerate_find_te_fp8
+from llamafactory_fp8.runtime_patches import let_accelerate_find_te_fp8
 
 
 @pytest.fixture

@@ -1,0 +1,83 @@
+"""The per-rank entry: what `accelerate launch` runs in each training process. It is a watcher (watcher.py) that
+runs itself again as its worker child; the worker installs the runtime patches (runtime_patches.py) and runs
+LLaMA-Factory's own `run_exp`, with callbacks that checkpoint and stop when the launcher asks (SIGTERM from Docker or
+Kubernetes) and that report the process's progress (progress.py). It imports nothing of the planner, and heavy
+imports wait for the worker."""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+
+from . import watcher
+from .progress import DISK_FULL, FAILED, FINISHED, LOST_PEER, STOPPED, reporter_from_environment
+
+# How gloo and NCCL word a peer that died (its connection drops) or froze (the collective times out)
+LOST_PEER_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Timed out waiting",
+    "collective operation timeout",
+)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the launcher: a full disk and a lost peer are named as such (their errors come from deep in
+    safetensors, torch or the collective library, worded their own ways)."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    words = " ".join(str(link) for link in chain)
+    if any(getattr(link, "errno", None) == errno.ENOSPC for link in chain) or "No space left on device" in words:
+        return DISK_FULL + next((str(link.filename) for link in chain if getattr(link, "filename", None)), "")
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    if any(sign in words for sign in LOST_PEER_SIGNS):
+        return LOST_PEER + first
+    return f"{FAILED}{type(error).__name__}: {first}"
+
+
+def run_worker() -> None:
+    faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
+    from . import causal_attention, fp8_recipe, runtime_patches
+    from .callbacks import CheckpointAndStopOnRequest, ReportProgress
+    from .step_profiler import profiler_from_environment
+    from .stop_request import StopFiles
+
+    runtime_patches.let_accelerate_find_te_fp8()
+    fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
+    causal_attention.install()
+    runtime_patches.let_torch_load_cpu_rank_tensors()
+    runtime_patches.give_collectives_their_timeout()
+    reporter = reporter_from_environment()
+    if reporter is not None:
+        runtime_patches.report_llamafactory_phases(reporter)
+    from llamafactory.train.tuner import run_exp
+
+    files = StopFiles.from_environment()
+    stop = CheckpointAndStopOnRequest(files) if files else None
+    callbacks = [causal_attention.KeepMaskUnlessRightPadded()]
+    callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop)) if callback]
+    try:
+        run_exp(callbacks=callbacks + profiler_from_environment())
+    except SystemExit as leaving:
+        if reporter is not None:
+            reporter.end(STOPPED if leaving.code in (0, None) else f"{FAILED}exit {leaving.code}")
+        raise
+    except BaseException as error:
+        if reporter is not None:
+            reporter.end(describe_failure(error))
+        raise
+    if reporter is not None:
+        reporter.end(FINISHED)
+
+
+def main() -> None:
+    if watcher.is_worker():
+        run_worker()
+    else:
+        watcher.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The patches each rank makes to the libraries it runs, at run time: each works around one defect or gap of a
+pinned release, says which, and is guarded by a test (patches/README.md lists them with the file patches)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from . import contract
+from .progress import ProgressReporter
+
+
+def let_accelerate_find_te_fp8() -> None:
+    """Accelerate 1.11 calls `transformer_engine.pytorch.fp8.check_mxfp8_support()` through the package attribute,
+    which Transformer Engine 2.20 no longer sets: the benchmark's first TE run failed with AttributeError
+    (bench/README.md). Importing the submodule sets it."""
+    if os.environ.get("ACCELERATE_FP8_BACKEND", "").upper() == "TE":
+        importlib.import_module("transformer_engine.pytorch.fp8")
+
+
+def let_torch_load_cpu_rank_tensors() -> None:
+    """Ranks on several CPU nodes keep tensors on device `cpu:0`, and torch.save tags them so, but torch.load
+    restores only `cpu`: resuming such a run failed ("don't know how to restore data location ... cpu:0")."""
+    import torch.serialization
+
+    torch.serialization.register_package(
+        11, lambda _obj: None, lambda obj, location: obj if location.startswith("cpu:") else None
+    )
+
+
+def give_collectives_their_timeout() -> None:
+    """Transformers hands ddp_timeout to the process group on GPUs but not on CPUs, where gloo then waits 30
+    minutes for a node that froze: the process group gets the run's timeout (the launcher passes it) wherever
+    the caller named none."""
+    from datetime import timedelta
+
+    import torch.distributed
+
+    seconds = contract.COLLECTIVE_TIMEOUT_S.read()
+    if seconds is None:
+        return
+    original = torch.distributed.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        kwargs.setdefault("timeout", timedelta(seconds=seconds))
+        return original(*args, **kwargs)
+
+    torch.distributed.init_process_group = init_process_group
+
+
+def report_llamafactory_phases(reporter: ProgressReporter) -> None:
+    """Loading and preprocessing happen before the Trainer exists, so no callback sees them: LLaMA-Factory's
+    workflows take these three functions from their packages when imported, so wrapping them there first reports
+    each phase, with the cache whose growth is its progress (a download, the tokenized dataset)."""
+    import datasets.config
+    import huggingface_hub.constants
+    import llamafactory.data
+    import llamafactory.model
+
+    def reporting(module, name: str, phase: str, watch: str):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            reporter.enter(phase, watch=watch)
+            return original(*args, **kwargs)
+
+        setattr(module, name, wrapper)
+
+    reporting(llamafactory.model, "load_tokenizer", "loading", huggingface_hub.constants.HF_HUB_CACHE)
+    reporting(llamafactory.model, "load_model", "loading", huggingface_hub.constants.HF_HUB_CACHE)
+    reporting(llamafactory.data, "get_dataset", "preprocessing", str(datasets.config.HF_DATASETS_CACHE))
