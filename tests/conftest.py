@@ -16,6 +16,7 @@ from llamafactory_fp8 import gpus as gpus_module
 from llamafactory_fp8.inspection import inspect_run
 from llamafactory_fp8.plan import LaunchPlan, make_plan
 from llamafactory_fp8.request import Request
+from llamafactory_fp8.run_info import run_dir
 from llamafactory_fp8.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +120,11 @@ def run_cli(*args: str, profile: str = "no-gpu", cwd: Path = ROOT, timeout: floa
         text=True,
         timeout=timeout,
     )
+
+
+def run_state(state_dir: Path, output_dir: Path, node_suffix: str = "") -> Path:
+    """The folder where the launcher keeps a run's state, under its LLAMAFACTORY_FP8_STATE_DIR."""
+    return run_dir(output_dir, node_suffix, {"LLAMAFACTORY_FP8_STATE_DIR": str(state_dir)})
 
 
 def start_demo_training(

@@ -106,7 +106,10 @@ def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered
     config_errors = sorted(
         cls.exit_code
         for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.LaunchError) and cls is not errors.LaunchError
+        if isinstance(cls, type)
+        and issubclass(cls, errors.LaunchError)
+        and cls is not errors.LaunchError
+        and not cls.passes
     ) + [errors.USAGE_EXIT_CODE, errors.DISK_FULL_EXIT_CODE]
     for job in documents(rendered, "Job"):
         spec = job["spec"]

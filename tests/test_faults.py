@@ -18,7 +18,7 @@ from llamafactory_fp8.demo import build_demo_model
 from llamafactory_fp8.errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE
 from llamafactory_fp8.resume import checkpoints
 
-from .conftest import ROOT, cli_env, start_demo_training, start_two_nodes
+from .conftest import ROOT, cli_env, run_state, start_demo_training, start_two_nodes
 
 STEPS = 400  # long enough that a signal sent at the first log line lands well before the end
 
@@ -61,7 +61,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_
     launcher.send_signal(signal.SIGTERM)
     code, _, stderr = finish(launcher)
     assert code == STOPPED_EXIT_CODE, stderr[-3000:]
-    stopped_at = json.loads((state_dir / "stop.answer.json").read_text())["step"]
+    stopped_at = json.loads((run_state(state_dir, output_dir) / "stop.answer.json").read_text())["step"]
     assert 0 < stopped_at < STEPS
     assert (
         f"stopped on request after step {stopped_at}, checkpoint saved in {output_dir}/checkpoint-{stopped_at}"
@@ -100,11 +100,13 @@ def test_a_second_signal_stops_at_once_and_the_rerun_resumes_from_the_last_perio
     launcher.send_signal(signal.SIGTERM)
     code, _, stderr = finish(launcher)
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
-    assert not (state_dir / "stop.answer.json").exists()
+    assert not (run_state(state_dir, output_dir) / "stop.answer.json").exists()
 
     rerun_state = tmp_path / "state-rerun"
     rerun = start(output_dir, tiny_model, rerun_state)
-    while not (rerun_state / "run.json").exists():  # the trainer has started: the launcher now takes signals
+    while not (
+        run_state(rerun_state, output_dir) / "run.json"
+    ).exists():  # the trainer has started: the launcher now takes signals
         assert rerun.poll() is None, rerun.communicate()
         time.sleep(0.02)
     rerun.send_signal(signal.SIGTERM)  # stopped again, before its first step: nothing to save, nothing lost
@@ -126,7 +128,10 @@ def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny
     nodes[1].send_signal(signal.SIGTERM)
     results = [finish(node) for node in nodes]
     assert [code for code, _, _ in results] == [STOPPED_EXIT_CODE] * 2, results[0][2][-2000:] + results[1][2][-2000:]
-    answers = [json.loads((tmp_path / f"state{rank}" / "stop.answer.json").read_text()) for rank in (0, 1)]
+    answers = [
+        json.loads((run_state(tmp_path / f"state{rank}", output_dir, f".node{rank}") / "stop.answer.json").read_text())
+        for rank in (0, 1)
+    ]
     assert answers[0] == answers[1]
     assert (output_dir / f"checkpoint-{answers[0]['step']}").is_dir()
 
@@ -151,8 +156,8 @@ def wait_for_checkpoint(output_dir: Path, launcher: subprocess.Popen, step: int 
         time.sleep(0.02)
 
 
-def trainer_group(state_dir: Path) -> int:
-    return json.loads((state_dir / "run.json").read_text())["trainer_pid"]
+def trainer_group(state_dir: Path, output_dir: Path, node_suffix: str = "") -> int:
+    return json.loads((run_state(state_dir, output_dir, node_suffix) / "run.json").read_text())["trainer_pid"]
 
 
 def last_line(stderr: str) -> str:
@@ -165,7 +170,7 @@ def test_a_trainer_killed_outright_is_named_with_its_signal_and_the_rerun_resume
     output_dir, state_dir = tmp_path / "out", tmp_path / "state"
     launcher = start(output_dir, tiny_model, state_dir)
     wait_for_checkpoint(output_dir, launcher)
-    os.kill(json.loads((state_dir / "ranks" / "rank0.json").read_text())["pid"], signal.SIGKILL)
+    os.kill(json.loads((run_state(state_dir, output_dir) / "ranks" / "rank0.json").read_text())["pid"], signal.SIGKILL)
     code, _, stderr = finish(launcher)
     assert code == 128 + signal.SIGKILL, stderr[-3000:]
     assert re.fullmatch(
@@ -222,10 +227,10 @@ def test_a_full_disk_during_a_save_fails_in_one_line_and_the_rerun_resumes_once_
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == STEPS
 
 
-def kill_node(launcher: subprocess.Popen, state_dir: Path) -> None:
-    """A node lost: its launcher and everything it started, at once."""
+def kill_node(launcher: subprocess.Popen, state_dir: Path, output_dir: Path) -> None:
+    """Node 1 lost: its launcher and everything it started, at once."""
     launcher.kill()
-    os.killpg(trainer_group(state_dir), signal.SIGKILL)
+    os.killpg(trainer_group(state_dir, output_dir, ".node1"), signal.SIGKILL)
     launcher.wait()
 
 
@@ -234,7 +239,7 @@ def test_a_node_lost_mid_run_fails_the_other_in_one_line_naming_it_and_both_resu
     output_dir = tmp_path / "out"
     nodes = start_two_nodes(output_dir, tiny_model, tmp_path, f"max_steps={STEPS}")
     wait_for_checkpoint(output_dir, nodes[0])
-    kill_node(nodes[1], tmp_path / "state1")
+    kill_node(nodes[1], tmp_path / "state1", output_dir)
     lost_at = time.monotonic()
     code, _, stderr = finish(nodes[0])
     assert code == NODE_LOST_EXIT_CODE and time.monotonic() - lost_at < 60, stderr[-3000:]
@@ -261,7 +266,7 @@ def test_a_node_that_stops_answering_makes_the_other_unhealthy_then_fail_within_
     nodes = start_two_nodes(output_dir, tiny_model, tmp_path, "max_steps=100000", "save_steps=100000", "ddp_timeout=20")
     try:
         wait_for_training(output_dir, nodes[0])
-        os.killpg(trainer_group(tmp_path / "state1"), signal.SIGSTOP)
+        os.killpg(trainer_group(tmp_path / "state1", output_dir, ".node1"), signal.SIGSTOP)
         frozen = time.monotonic()
         window = cli_env(
             "no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(tmp_path / "state0"), LLAMAFACTORY_FP8_STALL_AFTER_S="3"
@@ -278,7 +283,7 @@ def test_a_node_that_stops_answering_makes_the_other_unhealthy_then_fail_within_
         assert code == NODE_LOST_EXIT_CODE and time.monotonic() - frozen < 20 + 60, stderr[-3000:]
         assert "node 1 was lost" in last_line(stderr)
     finally:
-        kill_node(nodes[1], tmp_path / "state1")
+        kill_node(nodes[1], tmp_path / "state1", output_dir)
 
 
 @pytest.mark.slow

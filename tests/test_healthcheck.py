@@ -16,7 +16,7 @@ from llamafactory_fp8.progress import RankProgress
 from llamafactory_fp8.records import write_record
 from llamafactory_fp8.run_info import RunState, write_state
 
-from .conftest import ROOT, cli_env
+from .conftest import ROOT, cli_env, run_state
 
 DEMO = "configs/examples/demo.yaml"
 
@@ -43,9 +43,10 @@ def sleeper():
 
 
 def run_with_ranks(state_dir: Path, pid: int, *records: RankProgress, started_ago: float = 60) -> None:
-    write_state(RunState(pid, str(state_dir / "out"), "cpu", time.time() - started_ago), state_dir / "run.json")
+    folder = run_state(state_dir, state_dir / "out")
+    write_state(RunState(pid, str(state_dir / "out"), "cpu", time.time() - started_ago), folder / "run.json")
     for record in records:
-        write_record(record, state_dir / "ranks" / f"rank{record.rank}.json")
+        write_record(record, folder / "ranks" / f"rank{record.rank}.json")
 
 
 def rank(number=0, phase="training", ago=1.0, phase_ago=None, **fields) -> RankProgress:
@@ -122,14 +123,17 @@ def test_before_any_rank_reports_the_start_up_window_runs_from_the_launch(tmp_pa
 def test_a_dead_trainer_or_a_failed_run_is_unhealthy(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    write_state(RunState(gone.pid, str(tmp_path), "cpu", time.time()), tmp_path / "run.json")
+    folder = run_state(tmp_path, tmp_path / "out")
+    write_state(RunState(gone.pid, str(tmp_path), "cpu", time.time()), folder / "run.json")
     assert healthcheck(tmp_path) == (1, f"unhealthy: trainer process {gone.pid} is gone")
-    write_state(RunState(gone.pid, str(tmp_path), "cpu", time.time(), exit_code=143), tmp_path / "run.json")
+    write_state(RunState(gone.pid, str(tmp_path), "cpu", time.time(), exit_code=143), folder / "run.json")
     assert healthcheck(tmp_path) == (1, "unhealthy: trainer exited with code 143")
 
 
 def test_gpus_must_be_visible_and_healthy_for_a_gpu_run(tmp_path, sleeper):
-    write_state(RunState(sleeper.pid, str(tmp_path), "cuda", time.time()), tmp_path / "run.json")
+    write_state(
+        RunState(sleeper.pid, str(tmp_path), "cuda", time.time()), run_state(tmp_path, tmp_path / "out") / "run.json"
+    )
     assert healthcheck(tmp_path, profile="h100-sxm")[0] == 0
     code, line = healthcheck(tmp_path, profile="h100-ecc-errors")
     assert code == 1 and "uncorrected ECC errors" in line
@@ -170,7 +174,11 @@ def watch_health(tmp_path, trainer, until, timeout=300, **env) -> list[tuple[int
     """Ask the healthcheck again and again while the run goes on, until a line satisfies `until`; from when the
     launcher has recorded its run (before that, Docker's start period and Kubernetes' startup probe wait)."""
     seen, deadline = [], time.time() + timeout
-    while not (tmp_path / "state" / "run.json").exists() and trainer.poll() is None and time.time() < deadline:
+    while (
+        not (run_state(tmp_path / "state", tmp_path / "out") / "run.json").exists()
+        and trainer.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.1)
     while time.time() < deadline and trainer.poll() is None:
         seen.append(healthcheck(tmp_path / "state", **env))
@@ -263,7 +271,7 @@ def test_a_frozen_trainer_is_unhealthy_within_its_window(tmp_path):
     window = dict(LLAMAFACTORY_FP8_STALL_AFTER_S="3")
     try:
         watch_health(tmp_path, trainer, lambda line: "last step" in line, **window)
-        pid = json.loads((tmp_path / "state" / "run.json").read_text())["trainer_pid"]
+        pid = json.loads((run_state(tmp_path / "state", tmp_path / "out") / "run.json").read_text())["trainer_pid"]
         os.killpg(pid, signal.SIGSTOP)
         frozen = time.time()
         while healthcheck(tmp_path / "state", **window)[0] == 0:
@@ -271,7 +279,7 @@ def test_a_frozen_trainer_is_unhealthy_within_its_window(tmp_path):
         assert time.time() - frozen >= 2
         assert "stalled" in healthcheck(tmp_path / "state", **window)[1]
     finally:
-        os.killpg(json.loads((tmp_path / "state" / "run.json").read_text())["trainer_pid"], signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
         trainer.kill()
         trainer.wait()
 
@@ -280,8 +288,9 @@ def test_healthcheck_is_installed_as_a_command():
     assert shutil.which("llamafactory-fp8-healthcheck", path=os.path.dirname(sys.executable))
 
 
-def test_the_healthcheck_reads_the_launcher_only_through_run_info():
-    """The launcher's internals can change without the healthcheck noticing: it imports run_info alone."""
+def test_the_healthcheck_reads_the_launcher_only_through_run_info_and_the_contract():
+    """The launcher's internals can change without the healthcheck noticing: it imports run_info, the settings'
+    contract and the errors they raise, nothing else."""
     import ast
 
     imported = []
@@ -292,4 +301,5 @@ def test_the_healthcheck_reads_the_launcher_only_through_run_info():
             elif isinstance(node, ast.Import):
                 imported += [alias.name for alias in node.names]
     from_launcher = [name for name in imported if name.split(".")[0] == "llamafactory_fp8"]
-    assert from_launcher and all(name.startswith("llamafactory_fp8.run_info") for name in from_launcher), from_launcher
+    public = ("llamafactory_fp8.run_info", "llamafactory_fp8.contract", "llamafactory_fp8.errors")
+    assert from_launcher and all(name.startswith(public) for name in from_launcher), from_launcher

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -10,6 +11,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .progress import ProgressReporter
+from .runtime_patches import TokenCount
 from .stop_request import StopAnswer, StopFiles
 
 
@@ -55,6 +57,14 @@ class CheckpointAndStopOnRequest(TrainerCallback):
         raise SystemExit(0)
 
 
+def is_fp8_linear(module: torch.nn.Module) -> bool:
+    """torchao's Float8Linear, or a Transformer Engine layer with its own FP8 GEMMs."""
+    kind = type(module)
+    if kind.__module__.startswith("transformer_engine"):
+        return kind.__name__ in ("Linear", "LayerNormLinear", "LayerNormMLP")
+    return kind.__name__ == "Float8Linear"
+
+
 class ReportProgress(TrainerCallback):
     """Every step, and every change of phase: training, evaluating, saving (a checkpoint, or the final model), and
     saving to stop. Runs after Transformers' own flow callback and after CheckpointAndStopOnRequest, so `control`
@@ -62,9 +72,6 @@ class ReportProgress(TrainerCallback):
 
     def __init__(self, reporter: ProgressReporter, stop: CheckpointAndStopOnRequest | None = None):
         self.reporter, self.stop = reporter, stop
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.reporter.begin_training(state.global_step, state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.reporter.step(state.global_step)
@@ -79,7 +86,16 @@ class ReportProgress(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self.reporter.back_to_training()
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+        self.reporter.begin_training(state.global_step, state.max_steps)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        seconds = time.perf_counter() - self.started
+        tokens = TokenCount.read()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        fp8 = sum(map(is_fp8_linear, model.modules())) if model is not None else 0
+        self.reporter.summarize(tokens / seconds if tokens and seconds > 0 else None, peak, fp8)
         self.reporter.enter("saving", "the final model")
 
     def _after_step(self, state, control, evaluated: bool = False) -> None:

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="LLaMA-Factory keys that override the YAML")
     _add_decision_arguments(train)
     train.add_argument("--accelerate-config", type=Path, help="your own Accelerate config, used as is")
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="move what output_dir holds (a finished or interrupted run) aside, named by the time, and start over",
+    )
     train.add_argument("--dry-run", action="store_true", help="print what would run, then stop")
     train.add_argument("--json", action="store_true", help="print the plan as JSON instead of the block")
     train.set_defaults(handler=train_command)
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_cpu=args.allow_cpu,
         memory_check=args.memory_check,
         accelerate_config=getattr(args, "accelerate_config", None),
+        restart=getattr(args, "restart", False),
     )
     try:
         return args.handler(request, args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +105,8 @@ HOME = Setting(
 STATE_DIR = Setting(
     name="LLAMAFACTORY_FP8_STATE_DIR",
     parse=_path,
-    default=Path("/tmp/llamafactory-fp8"),
-    doc="where a running launcher leaves its state for the healthcheck",
+    default=Path(tempfile.gettempdir()) / f"llamafactory-fp8-{os.getuid()}",
+    doc="where each run leaves its state (stop requests, progress) for its ranks and the healthcheck; one per user",
     set_by="user",
 )
 STARTUP_GRACE_S = Setting(

@@ -14,6 +14,7 @@ class LaunchError(Exception):
 
     exit_code = TRAINING_FAILED_EXIT_CODE
     meaning = ""
+    passes = False  # whether the same command may succeed later unchanged (a Job then retries it)
 
 
 class FP8Unavailable(LaunchError):
@@ -53,7 +54,7 @@ class ConfigInvalid(LaunchError):
 
 class OutputNotWritable(LaunchError):
     exit_code = 14
-    meaning = "output_dir not writable"
+    meaning = "output_dir, or the state folder (`LLAMAFACTORY_FP8_STATE_DIR`), not writable"
 
 
 class AccelerateConfigInvalid(LaunchError):
@@ -84,6 +85,27 @@ class SettingInvalid(LaunchError):
 class DoesNotFit(LaunchError):
     exit_code = 20
     meaning = "the run does not fit in GPU memory with any strategy (pass `--no-memory-check` to try anyway)"
+
+
+class OutputNotOnVolume(LaunchError):
+    exit_code = 21
+    meaning = "inside a container, output_dir is not on a mounted volume: its model and checkpoints would be lost"
+
+
+class RunFinished(LaunchError):
+    exit_code = 22
+    meaning = "output_dir holds a finished run: choose a new output_dir, or `--restart` (the old run is moved aside)"
+
+
+class RunInProgress(LaunchError):
+    exit_code = 23
+    meaning = "another launcher is running in output_dir (on this node)"
+    passes = True  # a replaced pod's launcher may still be ending
+
+
+class ResumeMismatch(LaunchError):
+    exit_code = 24
+    meaning = "the checkpoint to resume from is not of this model or fine-tuning type"
 
 
 def documented_exit_codes() -> dict[int, str]:

@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import contract, paths
 from .backends import installed_fp8_backends
-from .errors import ConfigInvalid
+from .errors import ConfigInvalid, OutputNotOnVolume, ResumeMismatch, RunFinished, RunInProgress
 from .gpus import GpuInventory, read_gpus
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
 from .request import Request
-from .resume import Resume, RunRecord, plan_resume, record_path
+from .resume import Resume, RunRecord, checkpoint_mismatch, checkpoints, finished_run, plan_resume, record_path
+from .run_info import run_dir
+from .run_lock import held_elsewhere, lock_path
 from .strategies import installed_strategies
 from .topology import Topology, read_topology
-from .training_config import TrainingConfig, check_output_dir_writable, load_training_config
+from .training_config import TrainingConfig, check_writable, load_training_config
+from .volumes import ephemeral_mount, in_container, own_mount_table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +44,12 @@ class Inspection:
     """Whether this is the built-in demo's YAML."""
     output_dir: Path
     """The YAML's output_dir under workdir."""
+    set_aside: Path | None
+    """Where --restart moves what output_dir holds before the run; None: nothing to move."""
+    outputs_stay_in_container: bool
+    """The built-in demo in a container with no volume at its output_dir: it runs, and says so at the end."""
+    run_folder: Path
+    """This run's own state folder (stop requests, progress), apart from every other run's."""
     topology: Topology
     """This node's place in the job."""
     run_record: Path
@@ -71,9 +81,28 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     training = load_training_config(config_path, list(request.overrides))
     topology = read_topology(environ)
     output_dir = workdir / training.output_dir
-    check_output_dir_writable(output_dir)
+    check_writable(output_dir, "output_dir")
+    run_folder = run_dir(output_dir, topology.node_suffix, environ)
+    check_writable(run_folder, f"the state folder ({contract.STATE_DIR.name})")
+    lost_with = ephemeral_mount(output_dir, own_mount_table()) if in_container(environ) else None
+    if lost_with is not None and request.config is not None:
+        raise OutputNotOnVolume(
+            f"output_dir {output_dir.resolve()} is not on a mounted volume ({lost_with.point} is the container's "
+            f"{lost_with.filesystem}): its model and checkpoints would be lost with the container; mount a volume "
+            'there (compose mounts ./outputs and ./saves; docker run -v "$PWD/saves:/workspace/saves")'
+        )
+    if held_elsewhere(lock_path(output_dir, topology.node_suffix)):
+        raise RunInProgress(f"another launcher is running in {output_dir}: wait for it, or choose another output_dir")
     run_record = record_path(output_dir, topology)
-    resume = plan_resume(output_dir, read_record(RunRecord, run_record), training.resume_from_checkpoint)
+    record = read_record(RunRecord, run_record)
+    set_aside = _set_aside(output_dir, request.restart)
+    finished = finished_run(output_dir, record)
+    if finished and set_aside is None and not training.resume_from_checkpoint:
+        raise RunFinished(
+            f"{output_dir} holds a run that {finished}; running again would resume it past its end: "
+            "choose a new output_dir, or pass --restart to move it aside and start over"
+        )
+    resume = None if set_aside else plan_resume(output_dir, record, training.resume_from_checkpoint)
     gpus = read_gpus(environ)
     if uses_demo and not (workdir / training.model / "config.json").is_file():
         model = ModelLookup(training.model, None, "the demo's tiny model, built offline before training")
@@ -81,6 +110,8 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         model = look_up_model(
             training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ
         )
+    if set_aside is None:
+        _check_checkpoint(training, workdir, output_dir, resume, model)
     return Inspection(
         request=request,
         training=training,
@@ -88,6 +119,9 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         workdir=workdir,
         uses_demo=uses_demo,
         output_dir=output_dir,
+        set_aside=set_aside,
+        outputs_stay_in_container=lost_with is not None,
+        run_folder=run_folder,
         topology=topology,
         run_record=run_record,
         resume=resume,
@@ -97,6 +131,34 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         installed_strategies=installed_strategies(),
         host_memory_gib=_host_memory_gib(),
     )
+
+
+def _set_aside(output_dir: Path, restart: bool) -> Path | None:
+    """Where --restart moves output_dir: beside it, named by the time, so that nothing of the old run is lost."""
+    if not restart or not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return None
+    return output_dir.with_name(f"{output_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _check_checkpoint(
+    training: TrainingConfig, workdir: Path, output_dir: Path, resume: Resume | None, model: ModelLookup
+) -> None:
+    """The checkpoint the run will continue from, whoever chose it (the launcher's resume, the YAML's
+    resume_from_checkpoint, or LLaMA-Factory's own pick of the last one while overwrite_output_dir is off), must be
+    of this model and fine-tuning type."""
+    if resume is not None:
+        checkpoint = resume.checkpoint
+    elif training.resume_from_checkpoint:
+        checkpoint = workdir / training.resume_from_checkpoint
+    elif not training.values.get("overwrite_output_dir") and (found := checkpoints(output_dir)):
+        checkpoint = found[max(found)]
+    else:
+        checkpoint = None
+    if checkpoint is None:
+        return
+    problem = checkpoint_mismatch(checkpoint, training.finetuning_type, training.lora_rank, model.facts)
+    if problem:
+        raise ResumeMismatch(f"cannot resume: {problem}; choose a new output_dir, or pass --restart")
 
 
 def _deepspeed_json(value: str | Mapping | None, workdir: Path) -> Mapping | None:

@@ -24,6 +24,7 @@ from .progress import DISK_FULL, KILLED_BY, LOST_PEER, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
 from .run_info import RunState, write_state
+from .run_lock import RunLock
 from .stop_request import StopAnswer, StopFiles
 from .topology import Topology
 
@@ -32,6 +33,24 @@ LOW_DISK_BYTES = 16 * 2**20  # less free than this under output_dir after a fail
 
 
 def launch(plan: LaunchPlan) -> int:
+    """Move an old run aside where --restart asked, hold output_dir's lock for the run, and run it."""
+    if plan.set_aside is not None:
+        plan.output_dir.rename(plan.set_aside)
+        print(
+            f"llamafactory-fp8: --restart: moved the earlier run in {plan.output_dir} to {plan.set_aside}", flush=True
+        )
+    with RunLock(plan.lock) as lock:
+        if lock.unguarded:
+            print(
+                f"llamafactory-fp8: warning: {plan.output_dir}'s filesystem takes no locks: "
+                "a second launcher there would not be refused",
+                file=sys.stderr,
+                flush=True,
+            )
+        return _run_plan(plan)
+
+
+def _run_plan(plan: LaunchPlan) -> int:
     """Write what the plan rendered, start the trainer, and record how it ended."""
     if plan.accelerate.values is not None:
         write_accelerate_config(dict(plan.accelerate.values), plan.accelerate.path)
@@ -58,11 +77,21 @@ def launch(plan: LaunchPlan) -> int:
     if answer is not None and exit_code == 0:
         exit_code = STOPPED_EXIT_CODE
         print(f"llamafactory-fp8: {describe_stop(answer)}", file=sys.stderr, flush=True)
-    elif exit_code != 0 and not (stop_files.asked() and exit_code > 128):  # not a second signal's doing
+    elif exit_code > 128 and stop_files.asked():  # a second signal ended the group at once
+        name = signal.Signals(exit_code - 128).name
+        print(
+            f"\nllamafactory-fp8: stopped at once by a second {name}, without saving; run the same command again to "
+            f"resume from the last complete checkpoint (exit {exit_code})",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif exit_code != 0:
         exit_code, words = explain_failure(read_all(ranks), plan.output_dir, plan.topology)
         line = f"llamafactory-fp8: {words} (exit {exit_code})"
         killed = exit_code > 128  # its progress bar is left mid-line: the launcher's line starts a new one
         print("\n" + line if killed else line, file=sys.stderr, flush=True)
+    else:
+        print(f"llamafactory-fp8: {describe_finish(read_all(ranks), plan)}", flush=True)
     try:
         write_record(outcome(exit_code), plan.run_record)
     except OSError:
@@ -113,6 +142,27 @@ def lost_node(topology: Topology, message: str) -> str:
     return f"the node at {address[1]}" if address else "another node"
 
 
+def describe_finish(ranks: list[RankProgress], plan: LaunchPlan) -> str:
+    """The closing line of a run that finished: what it did, how fast, in how much memory, and where it left what
+    it made."""
+    first = next((record for record in ranks if record.rank == 0), None)
+    parts = []
+    if first is not None and first.step:
+        parts.append(
+            f"{first.step - first.first_step} steps" + (f" (from step {first.first_step})" if first.first_step else "")
+        )
+        if first.tokens_per_s:
+            parts.append(f"{first.tokens_per_s:,.0f} tokens/s")
+        if first.peak_memory_gib is not None:
+            parts.append(f"peak GPU memory {first.peak_memory_gib:.1f} GiB")
+        if first.fp8_layers:
+            parts.append(f"{first.fp8_layers} FP8 layers")
+    where = f"model and checkpoints in {plan.output_dir}"
+    if plan.outputs_stay_in_container:
+        where += " inside this container: they go with it (mount a volume there to keep them)"
+    return "finished: " + ", ".join([*parts, where])
+
+
 def describe_stop(answer: StopAnswer) -> str:
     if answer.checkpoint is None:
         return (
@@ -150,7 +200,7 @@ def run(
             )
         elif child is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signum)
+                os.killpg(child.pid, signal.SIGKILL)  # at once, and without a traceback from every process
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
@@ -160,4 +210,6 @@ def run(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if len(received) > 1:
+        return 128 + received[1]
     return 128 - returncode if returncode < 0 else returncode

@@ -24,6 +24,7 @@ from .precedence import Source
 from .request import Request
 from .resume import Resume
 from .run_info import ranks_dir, state_path
+from .run_lock import lock_path
 from .topology import Topology
 from .training_config import TrainingConfig
 
@@ -89,6 +90,12 @@ class LaunchPlan:
     """Where the command runs."""
     output_dir: Path
     """The run's output_dir."""
+    set_aside: Path | None
+    """Where the launcher moves what output_dir holds before the run (--restart); None: nothing to move."""
+    outputs_stay_in_container: bool
+    """Whether the outputs are lost with the container (the built-in demo without a volume)."""
+    lock: Path
+    """The file whose lock marks this node's live run in output_dir."""
     run_record: Path
     """Where this node records how the run ended."""
     state_file: Path
@@ -106,17 +113,17 @@ class LaunchPlan:
 
 
 def plan_run(request: Request, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
-    return make_plan(inspect_run(request, environ), environ)
+    return make_plan(inspect_run(request, environ))
 
 
-def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
+def make_plan(inspection: Inspection) -> LaunchPlan:
     decision = decide(inspection)
     keys = final_training_keys(inspection, decision)
     accelerate = _accelerate_config(inspection, decision)
     arguments = {key.name: key.argument for key in keys if key.argument is not None}
     demo_missing = inspection.uses_demo and inspection.model.facts is None
-    state_file = state_path(environ)
-    progress = ranks_dir(state_file)
+    state_file = state_path(inspection.run_folder)
+    progress = ranks_dir(inspection.run_folder)
     timeout_s = int(next((key.value for key in keys if key.name == "ddp_timeout"), TRANSFORMERS_DDP_TIMEOUT_S))
     return LaunchPlan(
         version=__version__,
@@ -132,6 +139,9 @@ def make_plan(inspection: Inspection, environ: Mapping[str, str] = os.environ) -
         environment=rank_environment(inspection.topology, decision, progress, timeout_s),
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
+        set_aside=inspection.set_aside,
+        outputs_stay_in_container=inspection.outputs_stay_in_container,
+        lock=lock_path(inspection.output_dir, inspection.topology.node_suffix),
         run_record=inspection.run_record,
         state_file=state_file,
         progress_dir=progress,

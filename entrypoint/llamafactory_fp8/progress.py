@@ -59,6 +59,10 @@ class RankProgress:
     detail: str = ""  # what the phase works on: checkpoint-800
     watch: str | None = None  # a folder whose growth is progress in this phase
     ended: str | None = None  # how the process ended: FINISHED, STOPPED, or one of the prefixes above
+    # what the launcher's closing line reports, from the end of training
+    tokens_per_s: float | None = None  # this process's tokens (attention mask) over its training's wall time
+    peak_memory_gib: float | None = None  # the GPU's peak allocation; None on the CPU
+    fp8_layers: int = 0  # linear layers that ran in FP8
 
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -132,6 +136,9 @@ class ProgressReporter:
     def touch(self) -> None:
         """Moving within the phase (an evaluation batch)."""
         self._write(updated_at=self.clock())
+
+    def summarize(self, tokens_per_s: float | None, peak_memory_gib: float | None, fp8_layers: int) -> None:
+        self._write(tokens_per_s=tokens_per_s, peak_memory_gib=peak_memory_gib, fp8_layers=fp8_layers)
 
     def end(self, how: str) -> None:
         self._write(ended=how, updated_at=self.clock())

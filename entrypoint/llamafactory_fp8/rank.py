@@ -49,6 +49,7 @@ def run_worker() -> None:
     causal_attention.install()
     runtime_patches.let_torch_load_cpu_rank_tensors()
     runtime_patches.give_collectives_their_timeout()
+    runtime_patches.count_training_tokens()
     reporter = reporter_from_environment()
     if reporter is not None:
         runtime_patches.report_llamafactory_phases(reporter)

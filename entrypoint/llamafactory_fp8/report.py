@@ -86,6 +86,8 @@ def render_block(plan: LaunchPlan) -> str:
         rows.append(
             ("replaces", [f"{key.name}: {key.replaces[0]!r} -> {key.value!r} ({key.source})" for key in plan.replaced])
         )
+    if plan.set_aside:
+        rows.append(("restart", [f"--restart: the earlier run in {plan.output_dir} moves to {plan.set_aside} first"]))
     if plan.resume:
         rows.append(
             (

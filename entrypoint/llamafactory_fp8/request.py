@@ -39,3 +39,5 @@ class Request:
     """False with --no-memory-check: launch even where nothing is estimated to fit."""
     accelerate_config: Path | None = None
     """--accelerate-config: the user's own file, used as is."""
+    restart: bool = False
+    """--restart: move what output_dir holds aside and start over, instead of resuming or refusing."""

@@ -2,7 +2,8 @@
 again there continues a run that did not finish from its last checkpoint.
 
 LLaMA-Factory resumes on its own only while `overwrite_output_dir` is false, and its own examples set it true, so a
-preempted Kubernetes pod would otherwise start over. A run that finished is left to LLaMA-Factory's own rule."""
+preempted Kubernetes pod would otherwise start over. A run that finished is not resumed: LLaMA-Factory would "resume"
+it past its last step and delete a checkpoint; the launcher refuses it instead (inspection.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import STOPPED_EXIT_CODE
+from .model_facts import ModelFacts
 from .topology import Topology
 
 Status = Literal["running", "stopped", "failed", "finished"]
@@ -118,3 +120,52 @@ def plan_resume(output_dir: Path, record: RunRecord | None, users_checkpoint: st
         passed_over.append((found[step].name, problem))
     cut = ", ".join(f"{name}: {reason}" for name, reason in reversed(passed_over))
     return Resume(None, f"the last run in this output_dir {how} and left no usable checkpoint ({cut}): starting over")
+
+
+def finished_run(output_dir: Path, record: RunRecord | None) -> str | None:
+    """How the run in output_dir finished, or None where none did: our record says so, or LLaMA-Factory's final
+    trainer_state.json (written after the last step, also by runs this launcher never saw) is at its last step."""
+    try:
+        state = json.loads((output_dir / "trainer_state.json").read_text())
+        step, last = int(state.get("global_step", 0)), int(state.get("max_steps", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        step = last = 0
+    if 0 < last <= step:
+        return f"finished at step {step} of {last}"
+    if record is not None and record.status == "finished":
+        return "finished"
+    return None
+
+
+def checkpoint_mismatch(checkpoint: Path, finetuning_type: str, lora_rank: int, model: ModelFacts | None) -> str | None:
+    """Why `checkpoint` cannot continue this run, or None: a LoRA checkpoint is an adapter (adapter_config.json) of
+    the same rank, any other is the whole model, whose config.json must have this model's shape. Found before
+    loading, rather than as a `size mismatch` once the model and the data have loaded."""
+    adapter = _json(checkpoint / "adapter_config.json")
+    if finetuning_type == "lora":
+        if adapter is None:
+            return f"{checkpoint} holds no LoRA adapter (adapter_config.json), and this run is LoRA"
+        if adapter.get("r") not in (None, lora_rank):
+            return f"{checkpoint} is a LoRA adapter of rank {adapter['r']}, and this run's lora_rank is {lora_rank}"
+        return None
+    if adapter is not None:
+        return f"{checkpoint} is a LoRA adapter, and this run is {finetuning_type} fine-tuning"
+    config = _json(checkpoint / "config.json")
+    if config is None or model is None:
+        return None
+    config = config.get("text_config", config)
+    expected = {"hidden_size": model.hidden_size, "num_hidden_layers": model.num_layers, "vocab_size": model.vocab_size}
+    differs = [
+        f"{key} {config[key]} (the model's {value})"
+        for key, value in expected.items()
+        if config.get(key, value) != value
+    ]
+    return f"{checkpoint} is of another model: " + ", ".join(differs) if differs else None
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

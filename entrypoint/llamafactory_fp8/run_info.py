@@ -4,6 +4,7 @@ has grown, and whether the GPUs it runs on are still healthy."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,17 +25,45 @@ class RunState:
     exit_code: int | None = None
 
 
-def state_path(environ: Mapping[str, str] = os.environ) -> Path:
-    return contract.STATE_DIR.read(environ) / "run.json"
+STATE_FILE = "run.json"
 
 
-def ranks_dir(state_file: Path) -> Path:
-    """Where this node's ranks write their progress: beside the run's state, one folder per node (pod)."""
-    return state_file.parent / "ranks"
+def run_dir(output_dir: Path, node_suffix: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """This run's own state folder under LLAMAFACTORY_FP8_STATE_DIR, named by its output_dir (and node, where the
+    nodes of one job share a host): runs side by side never read or clear each other's state."""
+    where = f"{output_dir.resolve()}{node_suffix}"
+    key = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return contract.STATE_DIR.read(environ) / "runs" / f"{output_dir.name[:40]}{node_suffix}-{key}"
 
 
-def rank_progress(environ: Mapping[str, str] = os.environ) -> list[RankProgress]:
-    return read_all(ranks_dir(state_path(environ)))
+def state_path(run_folder: Path) -> Path:
+    return run_folder / STATE_FILE
+
+
+def ranks_dir(run_folder: Path) -> Path:
+    """Where this run's ranks on this node write their progress."""
+    return run_folder / "ranks"
+
+
+def recorded_runs(environ: Mapping[str, str] = os.environ) -> list[tuple[Path, RunState]]:
+    """Every run a launcher recorded under the state folder, oldest first."""
+    runs = [
+        (folder, state)
+        for folder in (contract.STATE_DIR.read(environ) / "runs").glob("*")
+        if (state := read_record(RunState, state_path(folder))) is not None
+    ]
+    return sorted(runs, key=lambda run: run[1].started_at)
+
+
+def runs_to_watch(environ: Mapping[str, str] = os.environ) -> list[tuple[Path, RunState]]:
+    """The runs still going by their launchers' records; where none is, the newest, to say how it ended."""
+    runs = recorded_runs(environ)
+    going = [run for run in runs if run[1].exit_code is None]
+    return going or runs[-1:]
+
+
+def rank_progress(run_folder: Path) -> list[RankProgress]:
+    return read_all(ranks_dir(run_folder))
 
 
 def ended_well(record: RankProgress) -> bool:
@@ -61,11 +90,6 @@ def last_growth(folder: str | None) -> float | None:
 
 def write_state(state: RunState, path: Path) -> None:
     write_record(state, path)
-
-
-def current_run(environ: Mapping[str, str] = os.environ) -> RunState | None:
-    """The run this container's launcher started, or None when it has not started one."""
-    return read_record(RunState, state_path(environ))
 
 
 def gpu_problem(environ: Mapping[str, str] = os.environ) -> str | None:

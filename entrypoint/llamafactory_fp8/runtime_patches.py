@@ -48,6 +48,36 @@ def give_collectives_their_timeout() -> None:
     torch.distributed.init_process_group = init_process_group
 
 
+class TokenCount:
+    """Tokens every training micro-batch carried, summed where the batch is (on the GPU, without waiting for it):
+    read once, at the end. Transformers' own count (`include_num_input_tokens_seen`) gathers and waits every step."""
+
+    total = None
+
+    @classmethod
+    def read(cls) -> int:
+        return 0 if cls.total is None else int(cls.total)
+
+
+def count_training_tokens() -> None:
+    """Wrap the Trainer's compute_loss (every stage's trainer calls it once per micro-batch) to add up the
+    attention masks of the batches it trains on."""
+    from transformers import Trainer
+
+    original = getattr(Trainer.compute_loss, "unwrapped", Trainer.compute_loss)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            masks = [value for key, value in inputs.items() if key.endswith("attention_mask") and value is not None]
+            if masks:
+                counted = sum(mask.sum() for mask in masks)
+                TokenCount.total = counted if TokenCount.total is None else TokenCount.total + counted
+        return original(self, model, inputs, *args, **kwargs)
+
+    compute_loss.unwrapped = original
+    Trainer.compute_loss = compute_loss
+
+
 def report_llamafactory_phases(reporter: ProgressReporter) -> None:
     """Loading and preprocessing happen before the Trainer exists, so no callback sees them: LLaMA-Factory's
     workflows take these three functions from their packages when imported, so wrapping them there first reports

@@ -153,13 +153,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return parsed
 
 
-def check_output_dir_writable(output_dir: Path) -> None:
-    """Fail before deciding anything rather than after the first checkpoint."""
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+def check_writable(folder: Path, what: str) -> None:
+    """Fail before deciding anything rather than after the first checkpoint: the folder, or the nearest existing
+    folder above it, where it would be made."""
+    existing = folder
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as error:  # a name longer than the filesystem takes, say
+        raise OutputNotWritable(f"{what} cannot be made: {error.strerror}: {folder}") from None
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputNotWritable(f"output_dir is not writable: {output_dir} ({existing} does not allow writing)")
+        raise OutputNotWritable(f"{what} is not writable: {folder} ({existing} does not allow writing)")
 
 
 class _Reader:

@@ -8,8 +8,10 @@ for a few steps' time, never less than a floor; a save has a limit of its own fr
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llamafactory_fp8 import contract
 from llamafactory_fp8.run_info import RankProgress, RunState, ended_well, last_growth, phase
 
 STEPS_IN_WINDOW = 5  # training may stand still this many of its own steps before it counts as stalled
@@ -19,16 +21,16 @@ STEPS_IN_WINDOW = 5  # training may stand still this many of its own steps befor
 class Windows:
     """Seconds: start-up without anything moving, training without a step (at least), and one save."""
 
-    startup_grace_s: float = 1800.0
-    stall_after_s: float = 600.0
-    save_limit_s: float = 1800.0
+    startup_grace_s: float
+    stall_after_s: float
+    save_limit_s: float
 
     @classmethod
-    def from_env(cls, environ: os._Environ | dict = os.environ) -> Windows:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Windows:
         return cls(
-            startup_grace_s=float(environ.get("LLAMAFACTORY_FP8_STARTUP_GRACE_S", cls.startup_grace_s)),
-            stall_after_s=float(environ.get("LLAMAFACTORY_FP8_STALL_AFTER_S", cls.stall_after_s)),
-            save_limit_s=float(environ.get("LLAMAFACTORY_FP8_SAVE_LIMIT_S", cls.save_limit_s)),
+            startup_grace_s=contract.STARTUP_GRACE_S.read(environ),
+            stall_after_s=contract.STALL_AFTER_S.read(environ),
+            save_limit_s=contract.SAVE_LIMIT_S.read(environ),
         )
 
 
