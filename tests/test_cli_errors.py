@@ -35,6 +35,7 @@ BAD_INPUTS = {
     "unknown precision flag": (["train", DEMO, "--fp4"], "h100-sxm", 64, "unrecognized arguments: --fp4"),
     "fp8 forced on A100": (["train", DEMO, "--fp8"], "a100", 2, "FP8 refused"),
     "no GPU": (["train", DEMO], "no-gpu", 3, "--gpus all"),
+    "fp8 forced without a GPU": (["train", DEMO, "--fp8"], "no-gpu", 2, "FP8 refused: it needs a GPU"),
     "output dir not writable": (["train", DEMO, "--allow-cpu", _not_writable_output], "no-gpu", 14, "not writable"),
     "no model": (["train", _write("nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
     "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),

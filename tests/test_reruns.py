@@ -3,11 +3,20 @@ moves it aside and loses nothing, a live run's output_dir is refused to a second
 another model or fine-tuning type is refused before anything loads. Planned through the CLI, as a user runs it."""
 
 import json
+import signal
+import time
 
 import pytest
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 from llamafactory_fp8.run_lock import RunLock, lock_path
 
-from .conftest import run_cli
+from .conftest import run_cli, start_demo_training
+
+
+def finish(launcher) -> tuple[int, str, str]:
+    stdout, stderr = launcher.communicate(timeout=600)
+    return launcher.returncode, stdout, stderr
+
 
 DEMO = "configs/examples/demo.yaml"
 
@@ -84,3 +93,55 @@ def test_a_checkpoint_of_another_kind_is_refused_before_loading(tmp_path, finetu
     result = dry_run(tmp_path, output_dir, f"finetuning_type={finetuning}", "lora_rank=8")
     assert result.returncode == 24, result.stderr
     assert words in one_line(result)
+
+
+# Real runs on the CPU, through accelerate launch and LLaMA-Factory
+
+
+def start(tmp_path, output_dir, *overrides, **env):
+    return start_demo_training(output_dir, tmp_path / "model", tmp_path / "state", "max_steps=30", *overrides, **env)
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_finished_run_loses_nothing_and_restart_keeps_the_old_run(tmp_path):
+    output_dir = tmp_path / "out"
+    code, stdout, stderr = finish(start(tmp_path, output_dir))
+    assert code == 0, stderr[-3000:]
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("llamafactory-fp8: finished: 30 steps, ") and "tokens/s" in last, last
+    assert last.endswith(f"model and checkpoints in {output_dir}")
+    before = sorted(path.name for path in output_dir.iterdir())
+
+    code, _, stderr = finish(start(tmp_path, output_dir, "learning_rate=1.0e-4"))
+    assert code == 22 and "finished at step 30 of 30" in stderr
+    assert sorted(path.name for path in output_dir.iterdir()) == before  # checkpoint-20 and all
+
+    code, stdout, stderr = finish(start(tmp_path, output_dir, "learning_rate=1.0e-4", "--restart"))
+    assert code == 0, stderr[-3000:]
+    (aside,) = tmp_path.glob("out.before-*")
+    assert sorted(path.name for path in aside.iterdir()) == before
+    assert f"moved the earlier run in {output_dir} to {aside}" in stdout
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 30
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_keep_apart_and_ctrl_c_reaches_only_its_own(tmp_path):
+    """Two runs on one host with the default state folder: one is interrupted, the other finishes; a second
+    launcher on the live one's output_dir is refused."""
+    env = {"LLAMAFACTORY_FP8_STATE_DIR": ""}  # the default, shared by both
+    first = start_demo_training(tmp_path / "a", tmp_path / "model", tmp_path / "unused", "max_steps=400", **env)
+    while not (tmp_path / "a" / "checkpoint-20").is_dir():
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = start_demo_training(tmp_path / "b", tmp_path / "model", tmp_path / "unused", "max_steps=60", **env)
+    intruder = start_demo_training(tmp_path / "a", tmp_path / "model", tmp_path / "unused", "max_steps=400", **env)
+    code, _, stderr = finish(intruder)
+    assert code == 23 and "another launcher is running in" in stderr
+    while not (tmp_path / "b" / "trainer_log.jsonl").exists():
+        assert second.poll() is None, second.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    assert finish(first)[0] == STOPPED_EXIT_CODE
+    code, _, stderr = finish(second)
+    assert code == 0, stderr[-3000:]
+    assert json.loads((tmp_path / "b" / "trainer_state.json").read_text())["global_step"] == 60

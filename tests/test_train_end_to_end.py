@@ -108,3 +108,10 @@ def test_overrides_without_a_config_apply_to_the_demo(tmp_path):
     result = run_cli("--bf16", "--allow-cpu", "max_steps=7", f"output_dir={tmp_path / 'out'}", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "configs/examples/demo.yaml" in result.stdout and "max_steps=7" in result.stdout
+
+
+def test_an_override_with_a_slash_in_its_value_overrides_the_demo(tmp_path):
+    """`docker run IMAGE --bf16 output_dir=outputs/x`: the first free argument is a key=value, not a config."""
+    result = run_cli("train", "--bf16", "--allow-cpu", "--dry-run", f"output_dir={tmp_path}/x", "max_steps=3")
+    assert result.returncode == 0, result.stderr
+    assert f"output {tmp_path}/x" in result.stdout and "configs/examples/demo.yaml" in result.stdout

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if leftovers:
         args.overrides += leftovers  # key=value given after an option: argparse leaves those over
-    if "overrides" in args and args.config is not None and "=" in args.config.name and not args.config.exists():
+    if "overrides" in args and args.config is not None and _is_override(str(args.config)):
         args.overrides.insert(0, str(args.config))  # `docker run IMAGE --bf16 max_steps=10`: the demo, overridden
         args.config = None
     request = Request(
@@ -119,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as error:
         print(f"llamafactory-fp8: error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
+
+
+def _is_override(text: str) -> bool:
+    """`key=value` where a config path was expected: `docker run IMAGE --bf16 output_dir=outputs/x` overrides the
+    demo. A key holds no slash, a value may; a file of that name is still a config."""
+    key, sep, _ = text.partition("=")
+    return bool(sep) and bool(key) and "/" not in key and not Path(text).exists()
 
 
 def one_line(text: str) -> str:

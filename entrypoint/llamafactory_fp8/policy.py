@@ -302,12 +302,12 @@ def _half_precision(gpus: GpuInventory, reasons: list[str], forced: bool = False
 def _cpu_decision(inspection: Inspection, reasons: list[str]) -> Decision:
     request, gpus, training = inspection.request, inspection.gpus, inspection.training
     why = gpus.unavailable_reason or "no GPU is visible"
+    if request.precision == "fp8" or (request.precision == "auto" and training.fp8):
+        raise FP8Unavailable(f"FP8 refused: it needs a GPU and {why}")
     if not request.allow_cpu:
         raise NoGpu(
             f"no GPU visible: {why}; start the container with --gpus all (or pass --allow-cpu to train on the CPU)"
         )
-    if request.precision == "fp8" or (request.precision == "auto" and training.fp8):
-        raise FP8Unavailable(f"FP8 refused: it needs a GPU and {why}")
     _fp8_recipe(inspection, None, reasons)  # refuses a recipe asked for: the CPU never runs FP8
     precision = "bf16" if request.precision == "bf16" else "fp32"
     reasons.append(f"CPU training in {precision.upper()} (--allow-cpu; {why})")

@@ -49,8 +49,9 @@ def give_collectives_their_timeout() -> None:
 
 
 class TokenCount:
-    """Tokens every training micro-batch carried, summed where the batch is (on the GPU, without waiting for it):
-    read once, at the end. Transformers' own count (`include_num_input_tokens_seen`) gathers and waits every step."""
+    """Tokens every training micro-batch of this process carried, summed where the batch is (on the GPU, without
+    waiting for it), read once at the end. Transformers' own count (`include_num_input_tokens_seen`) gathers and
+    waits every step."""
 
     total = None
 
@@ -60,22 +61,24 @@ class TokenCount:
 
 
 def count_training_tokens() -> None:
-    """Wrap the Trainer's compute_loss (every stage's trainer calls it once per micro-batch) to add up the
-    attention masks of the batches it trains on."""
+    """Wrap the Trainer's training_step (which every stage's trainer inherits: LLaMA-Factory's and TRL's override
+    compute_loss, not this) to add up the attention masks of the micro-batches it trains on."""
     from transformers import Trainer
 
-    original = getattr(Trainer.compute_loss, "unwrapped", Trainer.compute_loss)
+    original = getattr(Trainer.training_step, "unwrapped", Trainer.training_step)
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        if model.training:
-            masks = [value for key, value in inputs.items() if key.endswith("attention_mask") and value is not None]
-            if masks:
-                counted = sum(mask.sum() for mask in masks)
-                TokenCount.total = counted if TokenCount.total is None else TokenCount.total + counted
+    def training_step(self, model, inputs, *args, **kwargs):
+        # 2-D masks (neat_packing numbers each sequence: non-zero is a token); a 4-D mask counts no tokens
+        masks = [
+            value for key, value in inputs.items() if key.endswith("attention_mask") and getattr(value, "ndim", 0) == 2
+        ]
+        if masks:
+            counted = sum((mask != 0).sum() for mask in masks)
+            TokenCount.total = counted if TokenCount.total is None else TokenCount.total + counted
         return original(self, model, inputs, *args, **kwargs)
 
-    compute_loss.unwrapped = original
-    Trainer.compute_loss = compute_loss
+    training_step.unwrapped = original
+    Trainer.training_step = training_step
 
 
 def report_llamafactory_phases(reporter: ProgressReporter) -> None:
