@@ -81,7 +81,9 @@ def planner(nvml_profile, tmp_path, monkeypatch):
     """Plan a run in-process, as `train --dry-run` does: an NVML profile, the training YAML's keys, the flags.
     What this machine has installed and its memory are fixed (every backend and strategy, 1 TiB), so plans do
     not depend on it."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model id is looked up in the cache only
+    # no Hub: a model id not in the cache is one whose size is unknown (the discard port refuses at once)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
 
     def plan(
         profile: str,

@@ -148,7 +148,8 @@ def test_random_yaml_and_overrides_get_a_plan_or_one_line_never_a_traceback(
     tmp_path, monkeypatch, nvml_profile, document, override, flag, profile
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model id is looked up in the cache only
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # no Hub: the discard port refuses at once
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     for name in ("NNODES", "USE_MODELSCOPE_HUB"):
         monkeypatch.delenv(name, raising=False)
     nvml_profile(profile)

@@ -100,6 +100,8 @@ def test_a_second_signal_stops_at_once_and_the_rerun_resumes_from_the_last_perio
     launcher.send_signal(signal.SIGTERM)
     code, _, stderr = finish(launcher)
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert last_line(stderr).startswith("llamafactory-fp8: stopped at once by a second SIGTERM, without saving")
     assert not (run_state(state_dir, output_dir) / "stop.answer.json").exists()
 
     rerun_state = tmp_path / "state-rerun"

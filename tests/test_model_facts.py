@@ -132,12 +132,11 @@ def test_the_yamls_revision_is_the_one_fetched(tmp_path, hub):
     assert "revision v2.1" in result.stdout
 
 
-def test_offline_it_falls_back_and_says_so_then_uses_what_the_cache_holds(tmp_path, hub):
+def test_offline_a_model_not_in_the_cache_is_refused_and_one_in_it_is_used(tmp_path, hub):
     offline = dry_run(tmp_path, hub, f"model_name_or_path={OPEN}", HF_HUB_OFFLINE="1")
-    assert offline.returncode == 0, offline.stderr
+    assert offline.returncode == 18, offline.stderr
     assert not FakeHub.requests
-    assert "size unknown: offline (HF_HUB_OFFLINE)" in offline.stdout
-    assert "BF16 because the model's size is unknown (offline" in offline.stdout
+    assert "is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in one_error_line(offline)
 
     assert dry_run(tmp_path, hub, f"model_name_or_path={OPEN}").returncode == 0  # fills the cache
     cached = dry_run(tmp_path, hub, f"model_name_or_path={OPEN}", HF_HUB_OFFLINE="1")

@@ -82,7 +82,7 @@ def look_up_model(
     if (local / CONFIG_FILE).is_file():
         return ModelLookup(name, read_model_facts(str(local)))
     if local.is_dir():
-        return ModelLookup(name, None, f"{local} has no {CONFIG_FILE}")
+        raise ModelNotFound(f"model folder {local} has no {CONFIG_FILE}: it is not a model LLaMA-Factory can load")
     if name.startswith(("/", "./", "../", "~")):
         raise ModelNotFound(f"model not found: {name} is not a folder")
     if _enabled(environ.get("USE_MODELSCOPE_HUB")):
@@ -216,6 +216,11 @@ def _from_hugging_face(
     try:
         path = hf_hub_download(repo_id, CONFIG_FILE, local_files_only=True, **where)
     except (LocalEntryNotFoundError, HFValidationError, OSError):
+        if offline.startswith("offline (HF_HUB_OFFLINE)"):  # LLaMA-Factory could not load it either
+            raise ModelNotFound(
+                f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first "
+                "(or unset HF_HUB_OFFLINE)"
+            ) from None
         return ModelLookup(repo_id, None, f"{offline}, and {repo_id}'s {CONFIG_FILE} is not in the Hugging Face cache")
     return ModelLookup(repo_id, facts_from_config(Path(path), f"Hugging Face cache; {offline}"))
 
