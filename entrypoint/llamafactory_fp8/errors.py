@@ -108,6 +108,14 @@ class ResumeMismatch(LaunchError):
     meaning = "the checkpoint to resume from is not of this model or fine-tuning type"
 
 
+class Unsupported(LaunchError):
+    exit_code = 25
+    meaning = (
+        "a stage or option this image cannot run (PPO, KTransformers, Megatron, Ray, multimodal, a quantization "
+        "kernel or `report_to` integration it lacks, LLaMA-Factory's v1 schema)"
+    )
+
+
 def documented_exit_codes() -> dict[int, str]:
     """Every code the launcher can return, with its meaning; 128+N (a second signal, or the trainer killed by signal N)
     comes on top."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import contract, paths
 from .backends import installed_fp8_backends
+from .capabilities import refuse_unsupported
 from .errors import ConfigInvalid, OutputNotOnVolume, ResumeMismatch, RunFinished, RunInProgress
 from .gpus import GpuInventory, read_gpus
 from .model_facts import ModelLookup, look_up_model
@@ -110,6 +111,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         model = look_up_model(
             training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ
         )
+    refuse_unsupported(training.values, model.facts)
     if set_aside is None:
         _check_checkpoint(training, workdir, output_dir, resume, model)
     return Inspection(

@@ -34,6 +34,8 @@ class ModelFacts:
     vocab_size: int
     tie_word_embeddings: bool
     num_parameters: int
+    quantization: str | None = None  # quantization_config's quant_method: a model shipped quantized
+    multimodal: bool = False  # a vision or audio tower beside the language model
 
     @property
     def billions(self) -> float:
@@ -100,8 +102,9 @@ def read_model_facts(model: str, origin: str = "local folder") -> ModelFacts | N
 
 def facts_from_config(config_path: Path, origin: str) -> ModelFacts:
     try:
-        config = json.loads(config_path.read_text())
-        config = config.get("text_config", config)  # multimodal wrappers keep the language model's shape here
+        whole = json.loads(config_path.read_text())
+        config = whole.get("text_config", whole)  # multimodal wrappers keep the language model's shape here
+        quantization = (whole.get("quantization_config") or {}).get("quant_method")
         hidden = int(config["hidden_size"])
         heads = int(config["num_attention_heads"])
         return ModelFacts(
@@ -117,6 +120,8 @@ def facts_from_config(config_path: Path, origin: str) -> ModelFacts:
             vocab_size=int(config["vocab_size"]),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             num_parameters=estimate_parameters(config),
+            quantization=str(quantization).lower() if quantization else None,
+            multimodal=any(key in whole for key in ("vision_config", "audio_config", "visual")),
         )
     except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as error:
         raise ModelNotFound(

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .backends import FP8_BACKENDS
-from .errors import ConfigInvalid, ConfigMissing, ConfigNotMapping, ConfigUnparsable, OutputNotWritable
+from .errors import ConfigInvalid, ConfigMissing, ConfigNotMapping, ConfigUnparsable, OutputNotWritable, Unsupported
 from .precedence import Source
 
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")  # LLaMA-Factory's FinetuningArguments.stage
@@ -101,6 +101,11 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
     written = {str(key): value for key, value in written.items()}
     parsed = parse_overrides(overrides)
     values = {**written, **{key: _typed(raw) for key, raw in parsed.items()}}
+    if "model" in values and "model_name_or_path" not in values:
+        raise Unsupported(
+            f"this image cannot run LLaMA-Factory's v1 trainer schema (model:, train_dataset:, dist_config:): {path} "
+            "is for `USE_V1=1 llamafactory-cli train`; write it for the v0 trainer (model_name_or_path:, dataset:)"
+        )
     read = _Reader(values, path)
     deepspeed = values.get("deepspeed")
     if deepspeed is not None and not isinstance(deepspeed, (str, dict)):
