@@ -112,9 +112,21 @@ def check_requirements(env: dict, lock: dict, kept: dict[str, str]) -> list[str]
     return reported
 
 
-def apply_patches(site_packages: Path, llamafactory_version: str) -> None:
-    """Our fixes to LLaMA-Factory, each applied once (a rerun finds them applied)."""
-    for change in sorted((PATCHES / f"llamafactory-{llamafactory_version}").glob("*.patch")):
+def llamafactory_patches(version: str) -> list[Path]:
+    """Our fixes to the pinned LLaMA-Factory release. A pin without its folder stops the install before anything
+    is installed: a new release must be checked against each fix (patches/README.md), never run without them."""
+    folder = PATCHES / f"llamafactory-{version}"
+    if not folder.is_dir():
+        raise SystemExit(
+            f"install: no patches for the pinned llamafactory {version}: {folder.relative_to(PROJECT)} is missing "
+            "(patches/README.md says how to carry the fixes to a new release)"
+        )
+    return sorted(folder.glob("*.patch"))
+
+
+def apply_patches(site_packages: Path, patches: list[Path]) -> None:
+    """Each applied once (a rerun finds them applied)."""
+    for change in patches:
         applied = subprocess.run(
             ["patch", "--dry-run", "--reverse", "--force", "--silent", "-p1", "-d", str(site_packages)],
             stdin=change.open(),
@@ -144,6 +156,7 @@ def main() -> None:
         search_path = [str(args.target), *sys.path]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.target), env.get("PYTHONPATH")]))
     lock = read_lock(args.lock, args.sections)
+    patches = llamafactory_patches(lock["llamafactory"][0]) if "llamafactory" in lock else []
     before = installed_versions(search_path)
     to_install, kept = plan(lock, before, args.keep_installed)
 
@@ -183,7 +196,7 @@ def main() -> None:
 
     if "llamafactory" in lock:
         site = args.target or Path(importlib.metadata.distribution("llamafactory").locate_file(""))
-        apply_patches(site, lock["llamafactory"][0])
+        apply_patches(site, patches)
     reported = check_requirements(env, lock, kept)
     for line in reported:
         print(f"install: note: {line}")

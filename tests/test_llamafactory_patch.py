@@ -1,6 +1,8 @@
-"""Our patch against the pinned LLaMA-Factory: it applies to the release as published, and it changes how an
-FP8 request reaches Accelerate. The same probe runs against the pristine release and the patched install."""
+"""Our patches against the pinned LLaMA-Factory: they apply to the release as published, FP8 requests reach
+Accelerate, and text training needs no torchaudio. The same probes run against the pristine release and the patched
+install. The pinned version is the lock's (docker/requirements.lock, from docker/requirements-nodeps.in)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +15,18 @@ import torch
 
 from .conftest import ROOT
 
-VERSION = "0.9.5"
-PATCHES = sorted((ROOT / "patches" / f"llamafactory-{VERSION}").glob("*.patch"))
+
+def _load_install():
+    """docker/install.py, which reads the pin from the lock and finds its patches."""
+    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INSTALL = _load_install()
+VERSION = INSTALL.read_lock(INSTALL.LOCK, ["image"])["llamafactory"][0]
+PATCHES = INSTALL.llamafactory_patches(VERSION)
 
 PROBE = """
 import json, os, sys
@@ -73,6 +85,52 @@ def test_patches_apply_cleanly_to_the_published_release(pristine, tmp_path):
             text=True,
         )
         assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def test_the_install_stops_in_one_line_before_installing_when_the_pinned_release_has_no_patches(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"# [image]\nllamafactory==0.0.1 \\\n    --hash=sha256:{'0' * 64}\n")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "install.py"), "--lock", str(lock), "--target", str(site), "image"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "install: no patches for the pinned llamafactory 0.0.1: patches/llamafactory-0.0.1 is missing "
+        "(patches/README.md says how to carry the fixes to a new release)"
+    ]
+    assert not any(site.iterdir()), "nothing installed"
+
+
+def test_the_pinned_release_has_its_patches():
+    assert PATCHES, f"patches/llamafactory-{VERSION}/ holds no patch"
+
+
+TORCHAUDIO_PROBE = """
+import sys
+sys.modules["torchaudio"] = None  # as on NGC, where PyPI's torchaudio does not load
+try:
+    import llamafactory.data.mm_plugin
+    print("imported")
+except ImportError as error:
+    print(f"ImportError: {error}")
+"""
+
+
+def test_text_training_imports_llamafactorys_data_path_without_torchaudio(pristine):
+    def probe(pythonpath: str | None) -> str:
+        env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else dict(os.environ)
+        result = subprocess.run(
+            [sys.executable, "-c", TORCHAUDIO_PROBE], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.strip().splitlines()[-1]
+
+    assert probe(str(pristine)).startswith("ImportError: import of torchaudio halted"), "upstream needs torchaudio"
+    assert probe(None) == "imported"
 
 
 def test_installed_llamafactory_is_the_patched_release():
