@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from llamafactory_fp8 import causal_attention
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
 
 SHAPE = dict(
     vocab_size=96,
@@ -119,18 +126,58 @@ def test_a_sliding_window_keeps_its_mask(installed, sdpa_calls):
     assert sdpa_calls == [(True, False)] * 2
 
 
-def test_a_tokenizer_that_pads_on_the_left_keeps_transformers_mask(installed, sdpa_calls, capsys):
-    guard = causal_attention.KeepMaskUnlessRightPadded()
-    state = SimpleNamespace(is_world_process_zero=True)
-    guard.on_train_begin(None, state, None, processing_class=SimpleNamespace(padding_side="left"))
-    llama()(**right_padded_batch()).loss.backward()
-    assert sdpa_calls == [(True, False)] * 2
-    assert "mask kept: the tokenizer pads on the left" in capsys.readouterr().err
+IMAGE, VISION_START = 5, 6
+
+
+def qwen2_vl():
+    torch.manual_seed(0)
+    config = Qwen2VLConfig(
+        text_config=dict(SHAPE, vocab_size=32, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, spatial_merge_size=2),
+        image_token_id=IMAGE,
+        video_token_id=7,
+        vision_start_token_id=VISION_START,
+        attn_implementation="sdpa",
+    )
+    return Qwen2VLForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("image_row", [0, 2], ids=["image-in-a-sequence", "image-in-the-padding"])
+def test_qwen2_vl_image_tokens_and_mrope_change_no_loss_or_gradient(image_row, sdpa_calls):
+    """A VLM's text attention under the fix, with M-RoPE positions and image tokens: inside a sequence, and in the
+    padding, where LLaMA-Factory's collator puts the placeholder image of a text-only batch. (Its qwen2-vl collator
+    needs Transformers' Qwen2VLProcessor, whose video processor imports torchvision, which the CPU lock lacks.)"""
+    batch = right_padded_batch(lengths=(20, 14, 9), length=20)
+    batch["input_ids"] = batch["input_ids"] % 24 + 8  # clear of the special tokens
+    start = 2 if image_row == 0 else 12
+    batch["input_ids"][image_row, start] = VISION_START
+    batch["input_ids"][image_row, start + 1 : start + 5] = IMAGE  # 4 x 4 patches, merged 2 x 2: 4 tokens
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    batch.update(
+        pixel_values=torch.randn(16, 3 * 2 * 14 * 14),
+        image_grid_thw=torch.tensor([[1, 4, 4]]),
+        mm_token_type_ids=(batch["input_ids"] == IMAGE).long(),
+    )
+    reference, fixed = qwen2_vl(), qwen2_vl()
+    expected = reference(**batch).loss
+    expected.backward()
+    causal_attention.install()
+    try:
+        sdpa_calls.clear()
+        loss = fixed(**batch).loss
+        loss.backward()
+    finally:
+        causal_attention.uninstall()
+    text_calls = [call for call in sdpa_calls if call[1]]  # the vision tower attends without a causal pattern
+    assert text_calls == [(False, True)] * 2
+    assert torch.allclose(loss, expected, atol=1e-6)
+    for (name, want), (_, got) in zip(reference.named_parameters(), fixed.named_parameters(), strict=True):
+        assert torch.allclose(got.grad, want.grad, atol=1e-6), name
 
 
 def test_the_log_names_another_attention_as_what_it_is(capsys):
-    guard = causal_attention.KeepMaskUnlessRightPadded()
+    guard = causal_attention.KeepMaskUnlessExact()
     state = SimpleNamespace(is_world_process_zero=True)
     model = LlamaForCausalLM(LlamaConfig(**{**SHAPE, "attn_implementation": "eager"}))
-    guard.on_train_begin(None, state, None, model=model, processing_class=SimpleNamespace(padding_side="right"))
+    guard.on_train_begin(None, state, None, model=model, train_dataloader=None)
     assert capsys.readouterr().err == "attention: eager, with Transformers' own masks\n"

@@ -1,0 +1,201 @@
+"""The plans: which cases each `--plan` runs, with why in each builder's docstring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .cases import Case
+
+LORA_ALL = ("lora_target=all",)
+
+
+def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=(), repeat=0, **options):
+    cases = [
+        Case(shape, layers, finetuning, p, True, steps, batch=batch, extra=extra, repeat=repeat, **options)
+        for p in ("bf16", "fp8")
+    ]
+    if bf16_eager:
+        cases.insert(
+            0, Case(shape, layers, finetuning, "bf16", False, steps, batch=batch, extra=extra, repeat=repeat, **options)
+        )
+    return cases
+
+
+def transformer_engine_side_by_side(shape, layers, steps=30):
+    """TE runs eager (its delayed scaling refuses torch.compile): compare it with BF16 both ways and with torchao."""
+    eager = [
+        Case(shape, layers, "full", "bf16", False, steps),
+        Case(shape, layers, "full", "fp8", False, steps, backend="te"),
+    ]
+    return eager + pairs(shape, layers, "full", steps=steps)
+
+
+# Full fine-tuning of the 8B at full depth on one H200: AdamW states in float32 (LLaMA-Factory upcasts trainable
+# weights) take 120 GiB, so one sequence of 2048 per optimizer step. With four micro-batches per step, both compiled
+# runs ran out of memory in the second step's forward (136-137 GiB allocated, results/full-depth-ga4-oom/): the
+# float32 gradients are held while the compiled forward keeps about a BF16 copy of the weights' size.
+FULL_8B = dict(shape="llama-3.1-8b", layers=None, finetuning="full", batch=1, steps=30)
+
+
+def full_depth_8b():
+    """Compiled BF16 against the product's FP8 (torchao tensorwise, compiled), each profiled after its timed steps,
+    then LLaMA-Factory's defaults (BF16, eager, gradient checkpointing)."""
+    compiled = pairs(**FULL_8B, profile_steps=2, expected_s=150)
+    defaults = Case(
+        **FULL_8B,
+        precision="bf16",
+        compile=False,
+        grad_ckpt=True,
+        warmup_steps=5,
+        profile_steps=1,
+        extra=("flash_attn=auto",),
+        label="llamafactory-defaults",
+        expected_s=60,
+    )
+    return [compiled[0], replace(compiled[1], expected_s=240), defaults]
+
+
+def full_depth_200(shape: str, profile_steps: int):
+    """Compiled BF16 against the product's FP8 at full depth for 200 steps on real text: the speed pair again and
+    the loss at step 200, profiled for `profile_steps` after the timed ones."""
+    options = dict(FULL_8B, shape=shape, steps=200, profile_steps=profile_steps)
+    return [
+        Case(**options, precision="bf16", compile=True, expected_s=200),
+        Case(**options, precision="fp8", compile=True, expected_s=330),
+    ]
+
+
+def full_depth_recipes():
+    """torchao's other scalings at the 8B's full depth, beside compiled BF16 and the default tensorwise."""
+    return [Case(**FULL_8B, precision="bf16", compile=True, expected_s=150)] + [
+        Case(**FULL_8B, precision="fp8", compile=True, recipe=recipe, expected_s=240)
+        for recipe in ("rowwise", "tensorwise-pow2")
+    ]
+
+
+# Eight sequences per micro-batch with gradient checkpointing (LLaMA-Factory's default), so that the AdamW step and
+# the per-step weight casts are shared by 8x the tokens. The peak stays the optimizer step's (memory.py's estimate:
+# ~127 GiB at batch 1 or 8).
+FULL_8B_BATCH8 = dict(FULL_8B, batch=8, grad_ckpt=True, steps=20, warmup_steps=6)
+
+
+def full_depth_batch8():
+    """Compiled BF16, the product's FP8, and LLaMA-Factory's defaults at FULL_8B_BATCH8, profiled."""
+    options = dict(FULL_8B_BATCH8, profile_steps=1)
+    defaults = Case(
+        **dict(options, steps=10, warmup_steps=4),
+        precision="bf16",
+        compile=False,
+        extra=("flash_attn=auto",),
+        label="llamafactory-defaults",
+        expected_s=120,
+    )
+    return [
+        Case(**options, precision="bf16", compile=True, expected_s=150),
+        Case(**options, precision="fp8", compile=True, expected_s=180),
+        defaults,
+    ]
+
+
+def full_depth_batch8_repeat(
+    shape: str = "llama-3.1-8b", recipes: tuple[str | None, ...] = (None,), repeat: int = 0, profile_steps: int = 0
+):
+    """full_depth_batch8's compiled pair again (another machine, another model, or a repeat), with torchao's other
+    scalings beside the default tensorwise where `recipes` names them."""
+    options = dict(FULL_8B_BATCH8, shape=shape, expected_s=120, repeat=repeat, profile_steps=profile_steps)
+    return [Case(**options, precision="bf16", compile=True)] + [
+        Case(**options, precision="fp8", compile=True, recipe=recipe) for recipe in recipes
+    ]
+
+
+# LoRA r16 on every linear layer of the 8B at full depth, two sequences of 2048: without gradient checkpointing
+# this fits an H100 on both sides (the memory model's estimate: ~47 GiB).
+LORA_8B = dict(shape="llama-3.1-8b", layers=None, finetuning="lora", batch=2, extra=(*LORA_ALL, "lora_rank=16"))
+
+
+def lora_8b(grad_ckpt: bool):
+    """BF16 against FP8 on the frozen base layers only (lora-base) and the product's default FP8 (every linear
+    layer but the first and last, adapters included). Profiled, to count the GEMMs per step."""
+    options = dict(LORA_8B, steps=30, profile_steps=2, grad_ckpt=grad_ckpt, expected_s=150)
+    return [
+        Case(**options, precision="bf16", compile=True),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base"),
+        Case(**options, precision="fp8", compile=True),
+    ]
+
+
+def lora_8b_batch8():
+    """LoRA at eight sequences per step, no checkpointing (~104 GiB by the two-sequence runs, so an H200): the
+    launch gap that held lora-base to 1.085x at two sequences is shared by 4x the GPU work."""
+    options = dict(LORA_8B, batch=8, steps=20, warmup_steps=6, profile_steps=1, expected_s=200)
+    return [
+        Case(**options, precision="bf16", compile=True),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base"),
+    ]
+
+
+def memory_points():
+    """Peak memory for issue 11's memory model: LoRA at three ranks, freeze, QLoRA, gradient checkpointing on and
+    off, batch 1, 2 and 4. BF16 eager (what the product runs when it keeps BF16); several at a time."""
+    one = dict(
+        shape="llama-3.2-1b",
+        layers=None,
+        compile=False,
+        precision="bf16",
+        steps=5,
+        warmup_steps=0,
+        profile_steps=1,
+        memory_only=True,
+    )
+    lora = dict(one, finetuning="lora", grad_ckpt=True)
+    return [
+        Case(**one, finetuning="full", batch=4, grad_ckpt=False),
+        Case(**lora, extra=(*LORA_ALL, "lora_rank=8")),
+        Case(**lora, extra=(*LORA_ALL, "lora_rank=64")),
+        Case(**one, finetuning="full", batch=4, grad_ckpt=True),
+        Case(**dict(lora, grad_ckpt=False), extra=(*LORA_ALL, "lora_rank=16")),
+        Case(**one, finetuning="freeze", grad_ckpt=True, extra=("freeze_trainable_layers=2",)),
+        Case(**one, finetuning="full", batch=2, grad_ckpt=True),
+        Case(**lora, extra=(*LORA_ALL, "lora_rank=16", "quantization_bit=4")),
+        Case(**one, finetuning="full", batch=1, grad_ckpt=True),
+        Case(**dict(lora, shape="qwen2.5-3b"), extra=(*LORA_ALL, "lora_rank=16")),
+    ]
+
+
+PLANS = {
+    "smoke": pairs("llama-3.2-1b", 4, "full", steps=20),
+    "small": pairs("llama-3.2-1b", None, "full", bf16_eager=True) + pairs("qwen2.5-3b", 12, "full"),
+    "large": pairs("qwen2.5-7b", 6, "full", steps=30) + pairs("llama-3.1-8b", 8, "full", steps=30, batch=2),
+    "lora": pairs("llama-3.1-8b", None, "lora", steps=30, batch=2, extra=(*LORA_ALL, "lora_rank=16"), grad_ckpt=True),
+    "parity": pairs("llama-3.2-1b", None, "full", steps=200),
+    # the smallest measured pair again, twice, the second in the other order, to see the noise
+    "repeat": pairs("llama-3.2-1b", 4, "full", steps=20, repeat=1)
+    + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
+    "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
+    "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
+    "full-depth": full_depth_8b(),
+    "full-depth-200": full_depth_200("llama-3.1-8b", profile_steps=0),  # profiled in full-depth already
+    "qwen-depth": full_depth_200("qwen2.5-7b", profile_steps=2),
+    "recipes": full_depth_recipes(),
+    "lora-depth": lora_8b(grad_ckpt=False),
+    "lora-ckpt": lora_8b(grad_ckpt=True),
+    "lora-default": lora_8b(grad_ckpt=False)[
+        2:
+    ],  # the product's default FP8 alone: its compile outlasts a call beside the others
+    "full-batch8": full_depth_batch8(),
+    "recipes-batch8": full_depth_batch8_repeat(recipes=(None, "rowwise", "tensorwise-pow2"), repeat=1),
+    "qwen-batch8": full_depth_batch8_repeat("qwen2.5-7b"),
+    "pow2-batch8": full_depth_batch8_repeat(recipes=("tensorwise-pow2", "rowwise-gw-hp"), repeat=2),
+    # the power-of-2 FP8 run alone again, short, to fit the session's last device minutes
+    "pow2-repeat": [
+        replace(
+            full_depth_batch8_repeat(recipes=("tensorwise-pow2",), repeat=3)[1], steps=12, warmup_steps=4, expected_s=90
+        )
+    ],
+    "lora-batch8": lora_8b_batch8(),
+    # after the trainer's causal-attention fix (entrypoint/llamafactory_fp8/causal_attention.py): profiled
+    "causal-batch8": full_depth_batch8_repeat(recipes=(None, "tensorwise-pow2"), profile_steps=1),
+    "batch8-defaults": full_depth_batch8()[2:],  # ran out of GPU memory: results/batch8-defaults-oom/
+    "batch4-defaults": [replace(full_depth_batch8()[2], batch=4)],  # the largest power-of-2 batch the defaults fit
+    "memory": memory_points(),
+}

@@ -1,0 +1,170 @@
+"""What a plan's results say: FP8 against BF16 per run, as JSON and Markdown, written after every run and rebuilt
+from committed results without a GPU."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .cases import Result, result_from_record
+from .profiles import breakdown
+
+
+def ratio_table(results: list[Result]) -> list[dict]:
+    """One row per FP8 run: against BF16 of the same pair with the same compile setting, compiled and eager, and
+    against LLaMA-Factory's defaults (BF16 eager with gradient checkpointing) of the same family."""
+    rows = []
+    bf16 = {(r.case.pair, r.case.compile): r for r in results if r.case.precision == "bf16" and r.tokens_per_s}
+    defaults = {
+        r.case.family: r
+        for r in results
+        if r.case.precision == "bf16" and not r.case.compile and r.case.grad_ckpt and r.tokens_per_s
+    }
+    for r in results:
+        if r.case.precision != "fp8":
+            continue
+        row = {
+            "pair": r.case.pair,
+            "shape": r.case.shape,
+            "layers": r.case.layers,
+            "finetuning": r.case.finetuning,
+            "backend": r.case.backend,
+            "recipe": r.case.recipe,
+            "compile": r.case.compile,
+            "repeat": r.case.repeat,
+            "fp8_layers": r.fp8_layers,
+            "fp8_tokens_per_s": r.tokens_per_s,
+        }
+        for compiled, label in ((True, "compiled"), (False, "eager")):
+            base = bf16.get((r.case.pair, compiled))
+            if base and r.tokens_per_s:
+                row[f"speedup_vs_bf16_{label}"] = round(r.tokens_per_s / base.tokens_per_s, 3)
+        default = defaults.get(r.case.family)
+        if default and r.tokens_per_s:
+            row["speedup_vs_llamafactory_defaults"] = round(r.tokens_per_s / default.tokens_per_s, 3)
+        same = bf16.get((r.case.pair, r.case.compile))
+        if same and r.tokens_per_s:
+            row["bf16_tokens_per_s"] = same.tokens_per_s
+            row["memory_ratio"] = (
+                round(r.peak_allocated_gib / same.peak_allocated_gib, 3) if same.peak_allocated_gib else None
+            )
+            common = sorted(set(r.losses) & set(same.losses))
+            if common:
+                last = common[-1]
+                row["loss_step"] = last
+                row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
+        rows.append(row)
+    return rows
+
+
+def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -> str:
+    lines = [
+        f"# Benchmark: {env['device']}, {env['date']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Driver {env['driver']}, CUDA {env['cuda_driver']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
+        "",
+        "| run | exit | tokens/s | peak alloc GiB | peak reserved GiB | FP8 layers | trainable / all params "
+        "| loss (last step) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        last = max(r.losses) if r.losses else None
+        params = f"{r.model['trainable_parameters']:,} / {r.model['parameters']:,}" if "parameters" in r.model else None
+        lines.append(
+            f"| {r.case.name} | {r.exit_code} | {r.tokens_per_s and round(r.tokens_per_s)} | {r.peak_allocated_gib} | "
+            f"{r.peak_reserved_gib} | {r.fp8_layers and f'{r.fp8_layers[0]}/{r.fp8_layers[1]}'} | {params} | "
+            f"{last and r.losses[last]} | {r.wall_s} |"
+        )
+    if rows:
+        lines += [
+            "",
+            "| FP8 run | FP8 / BF16 compiled | FP8 / BF16 eager | FP8 / LLaMA-Factory defaults | memory FP8 / BF16 "
+            "| loss rel. diff (step) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            recipe = f" {row['recipe']}" if row["recipe"] else ""
+            label = f"{row['pair']} {row['backend']}{recipe} {'compiled' if row['compile'] else 'eager'}"
+            lines.append(
+                f"| {label} | {row.get('speedup_vs_bf16_compiled')} | {row.get('speedup_vs_bf16_eager')} | "
+                f"{row.get('speedup_vs_llamafactory_defaults')} | {row.get('memory_ratio')} | "
+                f"{row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
+            )
+    lines += breakdown_markdown(results)
+    return "\n".join(lines) + "\n"
+
+
+def breakdown_markdown(results: list[Result]) -> list[str]:
+    """Milliseconds per optimizer step, one column per profiled run (memory-only runs profile one step to end early
+    and are left out: they ran beside each other)."""
+    profiled = [r for r in results if r.breakdown and not r.case.memory_only]
+    if not profiled:
+        return []
+    groups = sorted({group for r in profiled for group in r.breakdown["ms_per_step"]})
+    lines = [
+        "",
+        "Per optimizer step, from torch.profiler (ms; kernel time by group, then wall and the gap between them):",
+        "",
+        "| group | " + " | ".join(r.case.name for r in profiled) + " |",
+        "|---|" + "---|" * len(profiled),
+    ]
+    for group in groups:
+        lines.append(
+            f"| {group} | " + " | ".join(str(r.breakdown["ms_per_step"].get(group, 0)) for r in profiled) + " |"
+        )
+    for key in ("kernel_ms_per_step", "wall_ms_per_step", "gap_ms_per_step"):
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(str(r.breakdown[key]) for r in profiled) + " |")
+    lines.append(
+        "| GEMM calls per step (BF16 / FP8) | "
+        + " | ".join(
+            f"{r.breakdown['gemm_calls_per_step']['bf16']} / {r.breakdown['gemm_calls_per_step']['fp8']}"
+            for r in profiled
+        )
+        + " |"
+    )
+    for r in profiled:
+        lines += [
+            "",
+            f"Top kernels, {r.case.name} (ms and calls per step; names shortened):",
+            "",
+            "| ms | calls | group | kernel |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k['ms_per_step']} | {k['calls_per_step']} | {k['group']} | `{short_kernel_name(k['name'])}` |"
+            for k in r.breakdown["top_kernels"]
+        ]
+    return lines
+
+
+def short_kernel_name(name: str) -> str:
+    """ATen's kernel names, without the namespaces that make them unreadable in a table, cut at 110 characters."""
+    for noise in ("void ", "at::native::", "(anonymous namespace)::", "std::"):
+        name = name.replace(noise, "")
+    return name[:110]
+
+
+def write_report(stem: Path, env: dict, command: str, results: list[Result]) -> str:
+    rows = ratio_table(results)
+    report = markdown(env, results, rows, command)
+    payload = {"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
+    stem.with_suffix(".md").write_text(report)
+    return report
+
+
+def rebuild(directory: Path) -> str:
+    """The kernel groups are name patterns: when they change, the committed raw profiles are grouped again here,
+    without a GPU. The runs' measurements are read back unchanged."""
+    (path,) = directory.glob("*.json")
+    payload = json.loads(path.read_text())
+    results = [result_from_record(record) for record in payload["results"]]
+    for result in results:
+        raw = directory / "logs" / f"{result.case.name}.profile.json"
+        if raw.exists():
+            result.breakdown = breakdown(json.loads(raw.read_text()))
+    return write_report(path.with_suffix(""), payload["environment"], payload["command"], results)
