@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llamafactory_fp8 import capabilities
 from llamafactory_fp8 import gpus as gpus_module
 from llamafactory_fp8.inspection import inspect_run
 from llamafactory_fp8.plan import LaunchPlan, make_plan
@@ -81,6 +82,7 @@ def planner(nvml_profile, tmp_path, monkeypatch):
     """Plan a run in-process, as `train --dry-run` does: an NVML profile, the training YAML's keys, the flags.
     What this machine has installed and its memory are fixed (every backend and strategy, 1 TiB), so plans do
     not depend on it."""
+    monkeypatch.setattr(capabilities, "_installed", lambda module: True)  # every optional package, as on a GPU host
     # no Hub: a model id not in the cache is one whose size is unknown (the discard port refuses at once)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

@@ -1,5 +1,8 @@
 """Bad input: one line on stderr, a distinct non-zero exit code, never a traceback, never a different run."""
 
+import json
+import time
+
 import pytest
 
 from .conftest import ROOT, model_dir, run_cli
@@ -27,7 +30,28 @@ def _missing(tmp_path):
     return str(tmp_path / "nope.yaml")
 
 
-# name: (arguments, each a string or a builder of tmp_path; NVML profile; exit code; words in the one line)
+def _users_data(name, content):
+    """A dataset_dir holding one dataset of the user's, `mine`, whose file holds `content` (None: no file)."""
+
+    def build(tmp_path):
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        (data / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": name}}))
+        if content is not None:
+            (data / name).write_text(content)
+        return f"dataset_dir={data}"
+
+    return build
+
+
+def _model_folder_without_config(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    return f"model_name_or_path={tmp_path / 'empty-model'}"
+
+
+MINE = "dataset=mine"
+USERS = _write("users.yaml", "model_name_or_path: nobody/set-below\ndataset: alpaca_en_demo\noutput_dir: out\n")
+# name: (arguments, each a string or a builder of tmp_path; NVML profile; exit code; words in the one line[; env])
 BAD_INPUTS = {
     "missing config": (["train", _missing], "h100-sxm", 10, "not found"),
     "unparsable YAML": (["train", _write("bad.yaml", "model: [unclosed\n")], "h100-sxm", 11, "not valid YAML (line"),
@@ -56,6 +80,29 @@ BAD_INPUTS = {
         18,
         "is not a folder",
     ),
+    "a value of the wrong type": (["train", DEMO, "learning_rate=abc"], "h100-sxm", 13, "learning_rate"),
+    "max_steps=abc": (["train", DEMO, "max_steps=abc"], "h100-sxm", 13, "max_steps"),
+    "max_steps=": (["train", DEMO, "max_steps="], "h100-sxm", 13, "max_steps"),
+    "an unknown key": (["train", DEMO, "learnig_rate=1e-5"], "h100-sxm", 13, "did you mean learning_rate"),
+    "a dataset no dataset_info.json names": (["train", DEMO, "dataset=nope"], "h100-sxm", 26, "nope is not in"),
+    "a broken dataset file": (["train", DEMO, _users_data("m.json", "[{"), MINE], "h100-sxm", 26, "not valid JSON"),
+    "an empty dataset file": (["train", DEMO, _users_data("m.json", ""), MINE], "h100-sxm", 26, "is empty"),
+    "a missing dataset file": (["train", DEMO, _users_data("m.json", None), MINE], "h100-sxm", 26, "does not exist"),
+    "a missing dataset_dir": (["train", DEMO, "dataset_dir=/no/such/data"], "h100-sxm", 26, "is not a folder"),
+    "a missing deepspeed file": (["train", DEMO, "deepspeed=/missing.json"], "h100-sxm", 13, "/missing.json"),
+    "a model folder without config.json": (
+        ["train", USERS, _model_folder_without_config, "--dry-run"],
+        "h100-sxm",
+        18,
+        "has no config.json",
+    ),
+    "a Hub model not cached, offline": (
+        ["train", USERS, "model_name_or_path=nobody/not-cached", "--dry-run"],
+        "h100-sxm",
+        18,
+        "HF_HUB_OFFLINE is set",
+        {"HF_HUB_OFFLINE": "1"},
+    ),
     "7B full fine-tuning on a MIG slice": (
         [
             "train",
@@ -82,9 +129,10 @@ ISSUE_CASES = (
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_and_its_own_exit_code(tmp_path, case):
-    arguments, profile, exit_code, words = BAD_INPUTS[case]
+    arguments, profile, exit_code, words, *env = BAD_INPUTS[case]
     args = [arg(tmp_path) if callable(arg) else arg for arg in arguments]
     extra = {"NNODES": "2", "NODE_RANK": "0"} if "NNODES" in case else {}
+    extra.update(*env)
     result = run_cli(*args, profile=profile, **extra)
     assert result.returncode == exit_code, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -116,3 +164,21 @@ def test_a_setting_the_launcher_cannot_use_is_one_line_and_exit_19_before_anythi
     (line,) = result.stderr.strip().splitlines()
     assert f"{setting}={value!r}" in line
     assert "Traceback" not in result.stderr + result.stdout and "accelerate" not in result.stdout
+
+
+def test_a_mistake_is_found_in_under_two_seconds(tmp_path):
+    """The point of finding them before loading: a 70B on 8 GPUs takes minutes to get as far as LLaMA-Factory's own
+    check. The fastest of three runs, so that another process on the machine does not decide it."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = run_cli("train", DEMO, "learning_rate=abc", "--dry-run", profile="h100-sxm")
+        timings.append(time.perf_counter() - started)
+        assert result.returncode == 13
+    assert min(timings) < 2.0, timings
+
+
+def test_max_steps_below_zero_runs_and_says_what_it_means(tmp_path):
+    result = run_cli("train", DEMO, "max_steps=-5", "--dry-run", "--allow-cpu", profile="no-gpu")
+    assert result.returncode == 0, result.stderr
+    assert "max_steps" in result.stderr and "num_train_epochs" in result.stderr

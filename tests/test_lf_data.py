@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from llamafactory_fp8.lf_data import DatasetInfoUnreadable, dataset_overrides, merged_dataset_info
+from llamafactory_fp8.lf_data import DatasetInfoUnreadable, merged_dataset_info, write_dataset_info
 from llamafactory_fp8.lf_files import lf_data_dir
+
+from .conftest import model_dir
 
 LF_DATA = lf_data_dir()
 LF_DEMOS = ("alpaca_en_demo", "identity", "dpo_en_demo", "kto_en_demo", "c4_demo", "wiki_demo")
@@ -79,21 +81,27 @@ def test_without_llamafactorys_data_it_says_how_to_get_it(tmp_path, users_data):
     )
 
 
-def test_the_run_gets_a_folder_of_its_own_and_media_stays_the_users(tmp_path, users_data):
-    workdir, run = users_data.parent, tmp_path / "run" / "dataset_dir"
-    overrides = dataset_overrides({"dataset": "mine,alpaca_en_demo"}, workdir, LF_DATA, run)
-    assert overrides == {"dataset_dir": str(run), "media_dir": str(users_data)}
-    assert json.loads((run / "dataset_info.json").read_text()) == merged_dataset_info(users_data, LF_DATA)
-    assert os.listdir(run) == ["dataset_info.json"], "nothing half-written left behind"
+def test_the_run_gets_a_folder_of_its_own_and_media_stays_the_users(planner, users_data):
+    keys = {"model_name_or_path": str(model_dir("qwen2.5-0.5b")), "dataset_dir": str(users_data), "dataset": "mine"}
+    plan = planner("h100-sxm", keys)
+    final = {key.name: key for key in plan.training_keys}
+    assert final["dataset_dir"].value == str(plan.dataset_dir) and plan.dataset_dir != users_data
+    assert final["dataset_dir"].replaces == (str(users_data),) and final["dataset_dir"].source == "auto"
+    assert final["media_dir"].value == str(users_data)
+    assert plan.dataset_info == merged_dataset_info(users_data, LF_DATA)
 
-    theirs = dataset_overrides({"dataset_dir": "data", "media_dir": "images"}, workdir, LF_DATA, run)
-    assert theirs == {"dataset_dir": str(run)}, "a media_dir the YAML names is left alone"
+    theirs = planner("h100-sxm", {**keys, "media_dir": str(users_data / "images")})
+    assert "media_dir" not in {key.name for key in theirs.training_keys if key.source == "auto"}
 
 
 @pytest.mark.parametrize("dataset_dir", ["ONLINE", "REMOTE:someone/dataset-info"])
-def test_a_dataset_dir_on_the_hub_is_left_alone(tmp_path, dataset_dir):
-    assert dataset_overrides({"dataset_dir": dataset_dir}, tmp_path, LF_DATA, tmp_path / "run") == {}
-    assert not (tmp_path / "run").exists()
+def test_a_dataset_dir_on_the_hub_is_left_alone(planner, dataset_dir):
+    keys = {"model_name_or_path": str(model_dir("qwen2.5-0.5b")), "dataset_dir": dataset_dir}
+    if dataset_dir.startswith("REMOTE:"):
+        return  # read through Ray, which the image lacks: tests/test_capabilities.py
+    plan = planner("h100-sxm", keys)
+    assert plan.dataset_info is None
+    assert {key.name: key.value for key in plan.training_keys}["dataset_dir"] == dataset_dir
 
 
 LOADER_PROBE = """
@@ -107,7 +115,9 @@ for attr in get_dataset_list(sys.argv[2].split(","), dataset_dir):
 
 
 def test_llamafactorys_parser_finds_both_sides_files_from_the_runs_folder(tmp_path, users_data):
-    run = Path(dataset_overrides({}, users_data.parent, LF_DATA, tmp_path / "run")["dataset_dir"])
+    run = tmp_path / "run"
+    write_dataset_info(merged_dataset_info(users_data, LF_DATA), run)
+    assert os.listdir(run) == ["dataset_info.json"], "nothing half-written left behind"
     probe = subprocess.run(
         [sys.executable, "-c", LOADER_PROBE, str(run), "mine,identity,alpaca_en_demo,c4_demo"],
         capture_output=True,

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import yaml
-from llamafactory_fp8 import lf_schema
-from llamafactory_fp8.lf_files import LF_DIR_ENV, lf_examples_dir, lf_schema_path
+from llamafactory_fp8 import contract, lf_schema
+from llamafactory_fp8.lf_files import lf_examples_dir, lf_schema_path
 
 from .conftest import ROOT
 
@@ -95,7 +95,7 @@ def test_a_schema_of_another_release_is_refused_in_one_line(tmp_path):
     written = json.loads(lf_schema_path().read_text())
     (tmp_path / "schema.json").write_text(json.dumps({**written, "llamafactory": "0.0.1"}))
     with pytest.raises(lf_schema.SchemaUnavailable) as refused:
-        lf_schema.load_schema({LF_DIR_ENV: str(tmp_path)})
+        lf_schema.load_schema({contract.LF_DIR.name: str(tmp_path)})
     installed = importlib.metadata.version("llamafactory")
     assert str(refused.value) == (
         f"{tmp_path}/schema.json describes LLaMA-Factory 0.0.1, but {installed} is installed: "
@@ -105,7 +105,7 @@ def test_a_schema_of_another_release_is_refused_in_one_line(tmp_path):
 
 def test_a_missing_schema_is_refused_in_one_line(tmp_path):
     with pytest.raises(lf_schema.SchemaUnavailable) as refused:
-        lf_schema.load_schema({LF_DIR_ENV: str(tmp_path)})
+        lf_schema.load_schema({contract.LF_DIR.name: str(tmp_path)})
     assert str(refused.value) == (
         f"LLaMA-Factory's key schema cannot be read: {tmp_path}/schema.json (No such file or directory); "
         "scripts/bootstrap builds it"

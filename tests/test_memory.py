@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from llamafactory_fp8 import capabilities, memory
 from llamafactory_fp8 import inspection as inspection_module
-from llamafactory_fp8 import memory
 from llamafactory_fp8.cli import main
 from llamafactory_fp8.model_facts import read_model_facts
 from llamafactory_fp8.strategies import BY_NAME as STRATEGIES
@@ -122,6 +122,7 @@ def replay(
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(config))
+    run_bench.runner.build_corpus(tmp_path, 0.01)  # as the bench writes it before it launches
     args = bench_arguments(run_bench, case, model, tmp_path)
     if "--strategy" in args:
         at = args.index("--strategy")
@@ -133,6 +134,7 @@ def replay(
 
     nvml_profile(profile_for(payload["environment"]["device"]))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
+    monkeypatch.setattr(capabilities, "_installed", lambda module: True)  # bitsandbytes for QLoRA, there
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main([*args, "--dry-run", "--json"]) == 0

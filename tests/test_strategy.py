@@ -4,6 +4,7 @@ says what it replaced; auto takes the fastest that fits in memory and says why."
 import json
 
 import pytest
+from llamafactory_fp8.errors import ConfigInvalid
 
 from .conftest import ALL_STRATEGIES, model_dir, run_cli
 
@@ -53,11 +54,19 @@ def test_a_yaml_with_offload_in_its_deepspeed_config_is_estimated_as_offload(pla
 
 
 def test_llamafactorys_own_fsdp_fp8_example_is_kept_as_fsdp(planner):
-    """examples/extras/fp8/llama3_fp8_fsdp_sft.yaml's keys: Transformers' fsdp, FP8 through torchao."""
-    keys = {
+    """examples/extras/fp8/llama3_fp8_fsdp_sft.yaml's keys: Transformers' fsdp, FP8 through torchao. Its
+    fsdp_transformer_layer_cls_to_wrap is a Transformers 4 key that 5.6 dropped: refused in one line, as LLaMA-Factory's
+    own parser would after loading; without it, the example plans as written."""
+    dropped = {
         **EIGHT_B_FULL,
         "fsdp": "full_shard auto_wrap",
         "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+    }
+    with pytest.raises(ConfigInvalid, match="fsdp_transformer_layer_cls_to_wrap: not a LLaMA-Factory key"):
+        planner("h100-sxm-x8", dropped)
+    keys = {
+        **EIGHT_B_FULL,
+        "fsdp": "full_shard auto_wrap",
         "fp8": True,
         "fp8_backend": "torchao",
         "fp8_enable_fsdp_float8_all_gather": True,

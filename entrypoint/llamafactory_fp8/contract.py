@@ -102,6 +102,13 @@ HOME = Setting(
     doc="where the project's shipped configs/ and data/ are (the image sets it)",
     set_by="user",
 )
+LF_DIR = Setting(
+    name="LLAMAFACTORY_FP8_LF_DIR",
+    parse=_path,
+    default=None,
+    doc="where LLaMA-Factory's own data/, examples/ and key schema were unpacked at install time (the image sets it)",
+    set_by="user",
+)
 STATE_DIR = Setting(
     name="LLAMAFACTORY_FP8_STATE_DIR",
     parse=_path,
@@ -195,6 +202,7 @@ PROFILE = Setting(
 
 SETTINGS = (
     HOME,
+    LF_DIR,
     STATE_DIR,
     STARTUP_GRACE_S,
     STALL_AFTER_S,

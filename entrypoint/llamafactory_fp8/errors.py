@@ -116,6 +116,19 @@ class Unsupported(LaunchError):
     )
 
 
+class DatasetUnusable(LaunchError):
+    exit_code = 26
+    meaning = (
+        "a dataset the run names is not in dataset_info.json, or its file is missing, unreadable, empty or not valid "
+        "JSON; a Hub dataset under `HF_HUB_OFFLINE`; a `dataset_dir` that does not exist"
+    )
+
+
+class InstallIncomplete(LaunchError):
+    exit_code = 27
+    meaning = "LLaMA-Factory's key schema or demo datasets missing, or made for another release: run scripts/bootstrap"
+
+
 def documented_exit_codes() -> dict[int, str]:
     """Every code the launcher can return, with its meaning; 128+N (a second signal, or the trainer killed by signal N)
     comes on top."""

@@ -15,8 +15,20 @@ from pathlib import Path
 from . import contract, paths
 from .backends import installed_fp8_backends
 from .capabilities import refuse_unsupported
-from .errors import ConfigInvalid, OutputNotOnVolume, ResumeMismatch, RunFinished, RunInProgress
+from .dataset_files import check_datasets
+from .errors import (
+    ConfigInvalid,
+    DatasetUnusable,
+    InstallIncomplete,
+    OutputNotOnVolume,
+    ResumeMismatch,
+    RunFinished,
+    RunInProgress,
+)
 from .gpus import GpuInventory, read_gpus
+from .lf_data import DATASET_INFO, DatasetInfoUnreadable, merged_dataset_info, names_a_folder
+from .lf_files import lf_data_dir
+from .lf_schema import SchemaUnavailable, check_keys, load_schema
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
 from .request import Request
@@ -37,8 +49,15 @@ class Inspection:
     """The launcher's flags."""
     training: TrainingConfig
     """The training YAML with the user's key=value applied."""
+    key_warnings: tuple[str, ...]
+    """What LLaMA-Factory's schema says of keys that will run, but not as the user may think (max_steps: -5)."""
     deepspeed_json: Mapping | None
     """The DeepSpeed config the YAML's `deepspeed` names (read from its file), or None."""
+    dataset_info: Mapping | None
+    """The dataset_info.json the run reads: LLaMA-Factory's demo datasets and the user's own, merged; None where
+    `dataset_dir` names the Hub."""
+    users_dataset_dir: Path
+    """The user's dataset_dir, where their files and media are."""
     workdir: Path
     """Where LLaMA-Factory runs: relative paths in the YAML are relative to it."""
     uses_demo: bool
@@ -80,6 +99,8 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     uses_demo = config_path.is_file() and config_path.samefile(paths.demo_config())
     workdir = paths.project_home() if request.config is None else Path.cwd()
     training = load_training_config(config_path, list(request.overrides))
+    refuse_unsupported(training.values, None)  # before the schema, which knows no Megatron or KTransformers key
+    key_warnings = _check_keys(training, environ)
     topology = read_topology(environ)
     output_dir = workdir / training.output_dir
     check_writable(output_dir, "output_dir")
@@ -111,13 +132,19 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         model = look_up_model(
             training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ
         )
-    refuse_unsupported(training.values, model.facts)
+    refuse_unsupported(training.values, model.facts)  # and what the model's config.json says it is
+    dataset_info = _dataset_info(training, workdir, environ)
+    if dataset_info is not None:
+        check_datasets(training.values, dataset_info, environ)
     if set_aside is None:
         _check_checkpoint(training, workdir, output_dir, resume, model)
     return Inspection(
         request=request,
         training=training,
+        key_warnings=key_warnings,
         deepspeed_json=_deepspeed_json(training.deepspeed, workdir),
+        dataset_info=dataset_info,
+        users_dataset_dir=Path(os.path.abspath(workdir / training.dataset_dir)),
         workdir=workdir,
         uses_demo=uses_demo,
         output_dir=output_dir,
@@ -133,6 +160,37 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         installed_strategies=installed_strategies(),
         host_memory_gib=_host_memory_gib(),
     )
+
+
+def _check_keys(training: TrainingConfig, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Every key against LLaMA-Factory's own schema: the first error is the refusal (exit 13), the rest of what it
+    says is for the block."""
+    try:
+        schema = load_schema(environ)
+    except SchemaUnavailable as error:
+        raise InstallIncomplete(str(error)) from None
+    problems = check_keys(training.values, schema)
+    errors = [problem for problem in problems if problem.severity == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more: {', '.join(p.key for p in errors[1:])})" if len(errors) > 1 else ""
+        raise ConfigInvalid(f"training config: {errors[0]}{more}: {training.path}")
+    return tuple(str(problem) for problem in problems)
+
+
+def _dataset_info(training: TrainingConfig, workdir: Path, environ: Mapping[str, str]) -> Mapping | None:
+    """LLaMA-Factory's demo datasets beside the user's, as the run will read them; None for a Hub dataset_dir."""
+    if not names_a_folder(training.dataset_dir):
+        return None
+    users = workdir / training.dataset_dir
+    if training.sets("dataset_dir") and not users.is_dir():
+        raise DatasetUnusable(f"dataset_dir {training.dataset_dir} is not a folder ({users})")
+    lf_data = lf_data_dir(environ)
+    if not (lf_data / DATASET_INFO).is_file():
+        raise InstallIncomplete(f"LLaMA-Factory's demo datasets are missing ({lf_data}): run scripts/bootstrap")
+    try:
+        return merged_dataset_info(users, lf_data)
+    except DatasetInfoUnreadable as error:
+        raise DatasetUnusable(str(error)) from None
 
 
 def _set_aside(output_dir: Path, restart: bool) -> Path | None:

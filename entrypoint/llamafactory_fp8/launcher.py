@@ -19,6 +19,7 @@ from pathlib import Path
 from .accelerate_config import write_accelerate_config
 from .demo import build_demo_model
 from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .lf_data import write_dataset_info
 from .plan import LaunchPlan
 from .progress import DISK_FULL, KILLED_BY, LOST_PEER, RankProgress, read_all
 from .records import write_record
@@ -54,6 +55,8 @@ def _run_plan(plan: LaunchPlan) -> int:
     """Write what the plan rendered, start the trainer, and record how it ended."""
     if plan.accelerate.values is not None:
         write_accelerate_config(dict(plan.accelerate.values), plan.accelerate.path)
+    if plan.dataset_info is not None:
+        write_dataset_info(plan.dataset_info, plan.dataset_dir)
     if plan.demo_model is not None:
         print(f"building the demo model at {plan.demo_model} (tiny random-init Llama, offline)", flush=True)
         build_demo_model(plan.demo_model, plan.workdir / plan.training.dataset_dir)

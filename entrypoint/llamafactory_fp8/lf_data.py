@@ -17,7 +17,6 @@ from typing import Any
 
 DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's DATA_CONFIG
 LOCAL_PATH_KEYS = ("file_name", "script_url")  # what LLaMA-Factory's loader joins to dataset_dir
-LLAMAFACTORY_DATASET_DIR = "data"  # DataArguments.dataset_dir's default
 
 
 class DatasetInfoUnreadable(ValueError):
@@ -42,28 +41,13 @@ def merged_dataset_info(dataset_dir: Path, lf_data_dir: Path) -> dict[str, dict[
     return merged
 
 
-def write_merged_dataset_dir(dataset_dir: Path, lf_data_dir: Path, folder: Path) -> Path:
-    """Write the merged dataset_info.json into `folder` (the run's own) and return the folder to pass as
-    `dataset_dir`. Written whole or not at all: nodes of one run may write the same folder at once."""
+def write_dataset_info(info: Mapping[str, Any], folder: Path) -> None:
+    """Write a merged dataset_info.json into `folder` (the run's own, passed as `dataset_dir`). Written whole or not
+    at all: nodes of one run may write the same folder at once."""
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{DATASET_INFO}.{os.getpid()}"
-    partial.write_text(json.dumps(merged_dataset_info(dataset_dir, lf_data_dir), indent=2, ensure_ascii=False))
+    partial.write_text(json.dumps(info, indent=2, ensure_ascii=False))
     partial.replace(folder / DATASET_INFO)
-    return folder
-
-
-def dataset_overrides(values: Mapping[str, Any], workdir: Path, lf_data_dir: Path, folder: Path) -> dict[str, str]:
-    """The key=value pairs that give a run LLaMA-Factory's demo datasets beside its own: `dataset_dir` (the merged
-    folder, written here) and `media_dir` (where LLaMA-Factory would have looked, unless the YAML says). Nothing for
-    a `dataset_dir` that names the Hub. `values`: the YAML with its overrides; `workdir`: where its paths start."""
-    dataset_dir = str(values.get("dataset_dir") or LLAMAFACTORY_DATASET_DIR)
-    if not names_a_folder(dataset_dir):
-        return {}
-    users = Path(os.path.abspath(workdir / dataset_dir))
-    overrides = {"dataset_dir": str(write_merged_dataset_dir(users, lf_data_dir, folder))}
-    if not values.get("media_dir"):
-        overrides["media_dir"] = str(users)
-    return overrides
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:

@@ -8,13 +8,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-LF_DIR_ENV = "LLAMAFACTORY_FP8_LF_DIR"
+from . import contract
+
 CHECKOUT_LF_DIR = Path(__file__).resolve().parents[2] / "build" / "llamafactory"  # scripts/bootstrap's
 
 
 def lf_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    configured = environ.get(LF_DIR_ENV)
-    return Path(configured) if configured else CHECKOUT_LF_DIR
+    configured = contract.LF_DIR.read(environ)
+    return configured if configured is not None else CHECKOUT_LF_DIR
 
 
 def lf_data_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -96,6 +96,11 @@ class LaunchPlan:
     """Whether the outputs are lost with the container (the built-in demo without a volume)."""
     lock: Path
     """The file whose lock marks this node's live run in output_dir."""
+    dataset_info: Mapping | None
+    """The merged dataset_info.json the launcher writes into `dataset_dir` (the run's own folder); None: the YAML's
+    dataset_dir names the Hub, and is left alone."""
+    dataset_dir: Path
+    """The folder passed as LLaMA-Factory's dataset_dir."""
     run_record: Path
     """Where this node records how the run ended."""
     state_file: Path
@@ -142,6 +147,8 @@ def make_plan(inspection: Inspection) -> LaunchPlan:
         set_aside=inspection.set_aside,
         outputs_stay_in_container=inspection.outputs_stay_in_container,
         lock=lock_path(inspection.output_dir, inspection.topology.node_suffix),
+        dataset_info=inspection.dataset_info,
+        dataset_dir=_dataset_dir(inspection),
         run_record=inspection.run_record,
         state_file=state_file,
         progress_dir=progress,
@@ -192,6 +199,7 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
     layers: list[tuple[Source, dict[str, object]]] = [
         ("yaml", dict(training.written)),
         ("override", {name: training.values[name] for name in training.overrides}),
+        ("auto", _dataset_keys(inspection)),
         ("flag" if decision.precision_source == "flag" else "auto", decision.precision_keys()),
         ("flag" if decision.strategy.source == "flag" else "auto", _strategy_keys(inspection, decision)),
         ("resume", inspection.resume.training_keys if inspection.resume else {}),
@@ -224,6 +232,21 @@ def _replaced(training: TrainingConfig, name: str, value: object) -> tuple[objec
     if name in training.written and training.written[name] != value:
         return (training.written[name],)
     return ()
+
+
+def _dataset_dir(inspection: Inspection) -> Path:
+    return inspection.run_folder / "datasets" if inspection.dataset_info is not None else inspection.users_dataset_dir
+
+
+def _dataset_keys(inspection: Inspection) -> dict[str, object]:
+    """LLaMA-Factory reads one dataset_info.json, from dataset_dir: the run's own folder, holding the user's and
+    LLaMA-Factory's demo datasets merged (every path in it absolute), while media_dir stays the user's folder."""
+    if inspection.dataset_info is None:
+        return {}
+    keys: dict[str, object] = {"dataset_dir": str(_dataset_dir(inspection))}
+    if not inspection.training.values.get("media_dir"):
+        keys["media_dir"] = str(inspection.users_dataset_dir)
+    return keys
 
 
 def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, object]:

@@ -159,7 +159,7 @@ def _decision(
         gpu_memory_gib=capacity.gpu_gib if capacity else None,
         host_memory_gib=capacity.host_gib if capacity else None,
         reasons=(*reasons, *fitted.reasons),
-        warnings=(*warnings, *fitted.warnings),
+        warnings=(*inspection.key_warnings, *warnings, *fitted.warnings),
         tips=fitted.tips,
     )
 
