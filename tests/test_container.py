@@ -271,8 +271,11 @@ def health(name: str) -> str:
     return docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
 
 
-def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_trainer_freezes(image):
+def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_trainer_freezes(image, tmp_path):
     name, stall_after_s = f"lf8-health-{uuid.uuid4().hex[:8]}", 10
+    outputs = tmp_path / "outputs"  # a volume, as the launcher requires of an output_dir in a container
+    outputs.mkdir()
+    os.chown(outputs, 1000, 1000)
     started = docker(
         "run",
         "-d",
@@ -280,6 +283,8 @@ def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_traine
         name,
         "--network",
         "none",
+        "-v",
+        f"{outputs}:/workspace/outputs",
         "--health-interval",
         "2s",
         "--health-retries",
@@ -308,7 +313,7 @@ def test_the_healthcheck_is_healthy_while_training_and_unhealthy_once_the_traine
         time.sleep(stall_after_s + 4)  # longer than the stall window: only progress keeps it healthy
         assert health(name) == "healthy"
 
-        state = json.loads(in_container("cat", "/tmp/llamafactory-fp8/run.json").stdout)
+        state = json.loads(in_container("bash", "-c", 'cat "$LLAMAFACTORY_FP8_STATE_DIR"/runs/*/run.json').stdout)
         frozen_at = time.monotonic()
         freeze = in_container("bash", "-c", f"kill -STOP -- -{state['trainer_pid']}")  # the trainer's process group
         assert freeze.returncode == 0, freeze.stderr
