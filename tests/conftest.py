@@ -132,9 +132,12 @@ def run_state(state_dir: Path, output_dir: Path, node_suffix: str = "") -> Path:
 
 
 def start_demo_training(
-    output_dir: Path, model: Path, state_dir: Path, *overrides: str, **env: str
+    output_dir: Path, model: Path, state_dir: Path | None, *overrides: str, **env: str
 ) -> subprocess.Popen:
-    """The launcher training the demo on the CPU, in the background, with its own state dir, as in its own pod."""
+    """The launcher training the demo on the CPU, in the background, with its own state dir, as in its own pod
+    (None: the default one, shared with every run of this user)."""
+    if state_dir is not None:
+        env = {"LLAMAFACTORY_FP8_STATE_DIR": str(state_dir), **env}
     return subprocess.Popen(
         [
             sys.executable,
@@ -148,7 +151,7 @@ def start_demo_training(
             *overrides,
         ],
         cwd=ROOT,
-        env=cli_env("no-gpu", LLAMAFACTORY_FP8_STATE_DIR=str(state_dir), **env),
+        env=cli_env("no-gpu", **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -221,8 +221,6 @@ ddp_timeout: 180000000
 def test_the_fp8_guides_example_trains_on_llamafactorys_demo_data_into_saves_on_the_host(image, project):
     (project / "configs" / "my_qwen_fp8.yaml").write_text(GUIDE_EXAMPLE)
     code, output = finish(compose(project, "run", "--rm", "-T", "train-bf16", "configs/my_qwen_fp8.yaml"))
-    if "Undefined dataset alpaca_en_demo" in output:
-        pytest.xfail("the launcher does not yet give runs LLaMA-Factory's demo datasets (lf_data.py)")
     assert code == 0, output[-4000:]
     saved = project / "saves" / "qwen-7b-fp8"
     assert (saved / "model.safetensors").is_file()

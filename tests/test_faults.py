@@ -140,10 +140,10 @@ def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny
 
 @pytest.mark.slow
 def test_a_failing_trainer_exits_1_with_its_own_error_and_no_launcher_traceback(tmp_path, tiny_model):
-    code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", "dataset=no_such_dataset"))
+    code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", "template=no_such_template"))
     assert code == 1
     *_, trainer_error, summary = stderr.strip().splitlines()
-    assert "Undefined dataset no_such_dataset" in trainer_error
+    assert "Template no_such_template does not exist" in trainer_error
     assert summary == "llamafactory-fp8: training failed; the trainer's own error is above (exit 1)"
     assert "CalledProcessError" not in stderr
     assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {

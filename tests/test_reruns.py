@@ -128,13 +128,12 @@ def test_a_rerun_of_a_finished_run_loses_nothing_and_restart_keeps_the_old_run(t
 def test_runs_side_by_side_keep_apart_and_ctrl_c_reaches_only_its_own(tmp_path):
     """Two runs on one host with the default state folder: one is interrupted, the other finishes; a second
     launcher on the live one's output_dir is refused."""
-    env = {"LLAMAFACTORY_FP8_STATE_DIR": ""}  # the default, shared by both
-    first = start_demo_training(tmp_path / "a", tmp_path / "model", tmp_path / "unused", "max_steps=400", **env)
+    first = start_demo_training(tmp_path / "a", tmp_path / "model", None, "max_steps=400")
     while not (tmp_path / "a" / "checkpoint-20").is_dir():
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
-    second = start_demo_training(tmp_path / "b", tmp_path / "model", tmp_path / "unused", "max_steps=60", **env)
-    intruder = start_demo_training(tmp_path / "a", tmp_path / "model", tmp_path / "unused", "max_steps=400", **env)
+    second = start_demo_training(tmp_path / "b", tmp_path / "model", None, "max_steps=60")
+    intruder = start_demo_training(tmp_path / "a", tmp_path / "model", None, "max_steps=400")
     code, _, stderr = finish(intruder)
     assert code == 23 and "another launcher is running in" in stderr
     while not (tmp_path / "b" / "trainer_log.jsonl").exists():

@@ -40,7 +40,6 @@ def test_a_path_is_lost_unless_a_volume_holds_it(path, lost_with):
 
 
 def test_a_users_run_off_every_volume_is_refused_in_one_line_naming_the_mount_to_add(planner, tmp_path, monkeypatch):
-    monkeypatch.setattr(inspection, "in_container", lambda environ: True)
     table = f"1 0 0:1 / / rw - overlay overlay rw\n2 1 0:2 / {tmp_path / 'kept'} rw - ext4 /dev/vda rw\n"
     monkeypatch.setattr(inspection, "own_mount_table", lambda: table)
     keys = {"model_name_or_path": str(model_dir("qwen2.5-0.5b")), "stage": "sft", "finetuning_type": "lora"}
@@ -48,3 +47,9 @@ def test_a_users_run_off_every_volume_is_refused_in_one_line_naming_the_mount_to
         planner("no-gpu", keys, allow_cpu=True)
     assert "mount a volume there" in str(refusal.value) and "\n" not in str(refusal.value)
     planner("no-gpu", {**keys, "output_dir": str(tmp_path / "kept" / "run")}, allow_cpu=True)
+
+
+def test_a_host_with_a_disk_at_its_root_is_no_container():
+    """This very machine carries Docker's /.dockerenv but runs on ext4: a tmpfs there is the user's choice."""
+    host = "1 0 254:0 / / rw - ext4 /dev/vda rw\n2 1 0:3 / /tmp rw - tmpfs tmpfs rw\n"
+    assert ephemeral_mount(Path("/tmp/run"), host) is None

@@ -38,7 +38,7 @@ from .run_lock import held_elsewhere, lock_path
 from .strategies import installed_strategies
 from .topology import Topology, read_topology
 from .training_config import TrainingConfig, check_writable, load_training_config
-from .volumes import ephemeral_mount, in_container, own_mount_table
+from .volumes import ephemeral_mount, own_mount_table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +106,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     check_writable(output_dir, "output_dir")
     run_folder = run_dir(output_dir, topology.node_suffix, environ)
     check_writable(run_folder, f"the state folder ({contract.STATE_DIR.name})")
-    lost_with = ephemeral_mount(output_dir, own_mount_table()) if in_container(environ) else None
+    lost_with = ephemeral_mount(output_dir, own_mount_table())
     if lost_with is not None and request.config is not None:
         raise OutputNotOnVolume(
             f"output_dir {output_dir.resolve()} is not on a mounted volume ({lost_with.point} is the container's "

@@ -1,16 +1,16 @@
 """Whether output_dir outlives the container: inside one, a path that is not on a mounted volume lands in the
 container's own writable layer (or a tmpfs), and the model and checkpoints go down with it while the run exits 0.
-Read from the kernel's mount table (/proc/self/mountinfo), as `findmnt` does."""
+Read from the kernel's mount table (/proc/self/mountinfo), as `findmnt` does. A container is what this premise
+needs: a root filesystem that is itself ephemeral (Docker's and containerd's overlay). A host, or a VM that merely
+carries Docker's marker file, has a disk at its root, and a tmpfs there is the user's choice."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 # Filesystems that live and die with the container: its image layers and memory-backed mounts.
 EPHEMERAL_FILESYSTEMS = ("overlay", "aufs", "tmpfs", "ramfs", "devtmpfs", "shm")
-CONTAINER_MARKERS = (Path("/.dockerenv"), Path("/run/.containerenv"))  # Docker's and Podman's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,10 +21,6 @@ class Mount:
     """Where it is mounted."""
     filesystem: str
     """Its type (ext4, xfs, nfs4, overlay, tmpfs...)."""
-
-
-def in_container(environ: os._Environ | dict = os.environ) -> bool:
-    return any(marker.exists() for marker in CONTAINER_MARKERS) or "KUBERNETES_SERVICE_HOST" in environ
 
 
 def read_mounts(mountinfo: str) -> list[Mount]:
@@ -50,8 +46,13 @@ def mount_of(path: Path, mounts: list[Mount]) -> Mount | None:
 
 
 def ephemeral_mount(path: Path, mountinfo: str) -> Mount | None:
-    """The mount that `path` would be lost with, or None where it lands on a volume."""
-    mount = mount_of(path.resolve(), read_mounts(mountinfo))
+    """The mount that `path` would be lost with inside a container, or None: it lands on a volume, or this is
+    no container."""
+    mounts = read_mounts(mountinfo)
+    root = mount_of(Path("/"), mounts)
+    if root is None or root.filesystem not in EPHEMERAL_FILESYSTEMS:
+        return None
+    mount = mount_of(path.resolve(), mounts)
     return mount if mount is not None and mount.filesystem in EPHEMERAL_FILESYSTEMS else None
 
 
