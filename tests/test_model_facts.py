@@ -4,81 +4,29 @@ without access, 404 for a missing one), with HF_ENDPOINT pointing at it."""
 
 import importlib.util
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from llamafactory_fp8.model_facts import estimate_parameters
 
 from .conftest import BENCH_MODELS, model_dir, run_cli
+from .loopback_hub import LoopbackHub, serving
 
 MY_MODEL = "configs/examples/my_model.yaml"  # meta-llama/Llama-3.1-8B-Instruct, full fine-tuning
 GATED = "meta-llama/Llama-3.1-8B-Instruct"
 OPEN = "Qwen/Qwen2.5-7B-Instruct"
 GRANTED_TOKEN = "hf_granted"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CONFIGS = {GATED: BENCH_MODELS / "llama-3.1-8b" / "config.json", OPEN: BENCH_MODELS / "qwen2.5-7b" / "config.json"}
 
 
-class FakeHub(BaseHTTPRequestHandler):
-    """Answers `/{repo}/resolve/{revision}/{file}` as the Hub does, and records what was asked."""
-
-    requests: list[str] = []  # files asked for (huggingface_hub also reads /api/agent-harnesses for its user agent)
-
-    def do_HEAD(self):
-        self.answer(body=False)
-
-    def do_GET(self):
-        self.answer(body=True)
-
-    def answer(self, body: bool):
-        if "/resolve/" in self.path:
-            self.requests.append(self.path)
-        repo, _, rest = self.path.lstrip("/").partition("/resolve/")
-        revision, _, filename = rest.partition("/")
-        if repo not in CONFIGS or filename != "config.json":
-            return self.refuse(404, "RepoNotFound", "Repository not found")
-        token = self.headers.get("Authorization")
-        if repo == GATED and token is None:
-            return self.refuse(
-                401,
-                "GatedRepo",
-                f"Access to model {repo} is restricted. You must have access to it and be authenticated to access it.",
-            )
-        if repo == GATED and token != f"Bearer {GRANTED_TOKEN}":
-            return self.refuse(
-                403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the authorized list."
-            )
-        content = CONFIGS[repo].read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("ETag", f'"{abs(hash(content)):x}"')
-        self.send_header("X-Repo-Commit", COMMIT)
-        self.end_headers()
-        if body:
-            self.wfile.write(content)
-
-    def refuse(self, status: int, code: str, message: str):
-        self.send_response(status)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+class FakeHub(LoopbackHub):
+    configs = {repo: path.read_bytes() for repo, path in CONFIGS.items()}
+    gated = {GATED: GRANTED_TOKEN}
 
 
 @pytest.fixture
 def hub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    FakeHub.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(FakeHub) as endpoint:
+        yield endpoint
 
 
 def dry_run(tmp_path, endpoint, *args, profile="h100-sxm-x8", **env):

@@ -153,10 +153,11 @@ def fit(
     capacity: Capacity,
     world_size: int,
     memory_check: bool,
-    unknown_because: str | None,
+    unestimated_because: str | None,
 ) -> Fit:
     """The strategy the user named, with what its memory says, or the fastest that fits; a refusal (DoesNotFit)
-    where nothing fits and the memory check is on. `shape` is None where the model's size is unknown."""
+    where nothing fits and the memory check is on. `shape` is None where memory is not estimated
+    (`unestimated_because` says why)."""
     reasons: list[str] = []
     warnings: list[str] = []
     estimated = [(s, shape.estimate(s)) for s in STRATEGIES] if shape else []
@@ -166,9 +167,7 @@ def fit(
         _explain_given(given, estimates.get(given.strategy.name), capacity, world_size, reasons, warnings)
         choice, estimate = given, estimates.get(given.strategy.name)
     elif shape is None:
-        reasons.append(
-            f"{layout(DDP, world_size)}; memory not estimated: the model's size is unknown ({unknown_because})"
-        )
+        reasons.append(f"{layout(DDP, world_size)}; memory not estimated: {unestimated_because}")
         choice, estimate = StrategyChoice(strategy=DDP, source="auto"), None
     else:
         choice, estimate = _fastest_that_fits(shape, capacity, estimates, memory_check, reasons, warnings)

@@ -67,6 +67,15 @@ OPTIMIZER_STATE_BYTES = (
     ("adam", 8),
 )
 UNKNOWN_OPTIMIZER_BYTES = 8  # as AdamW: an unknown optimizer is not assumed smaller
+# LLaMA-Factory's memory-saving optimizers, whose states (low-rank projections, one block at a time) and layer-wise
+# updates this model does not describe: a run with one is planned without an estimate rather than refused on one.
+UNMODELED_OPTIMIZERS = {"use_galore": "GaLore", "use_apollo": "APOLLO", "use_badam": "BAdam"}
+
+
+def unmodeled(training: TrainingConfig) -> str | None:
+    """Why this run's memory is not estimated, or None."""
+    names = [name for key, name in UNMODELED_OPTIMIZERS.items() if training.values.get(key) is True]
+    return f"{names[0]}'s optimizer is not in the memory model" if names else None
 
 
 @dataclass(frozen=True)

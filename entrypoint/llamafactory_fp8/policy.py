@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from . import memory
 from .backends import BY_NAME as BACKENDS
 from .backends import FP8_BACKENDS, FP8Backend
 from .errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu
@@ -114,8 +115,10 @@ def decide(inspection: Inspection) -> Decision:
         one_process_only=mig,
     )
     model = inspection.model.facts
-    shape = None
-    if model is not None:
+    shape, unestimated = None, memory.unmodeled(training)
+    if model is None:
+        unestimated = f"the model's size is unknown ({inspection.model.unknown_because})"
+    elif unestimated is None:
         shape = RunShape(
             model=model,
             training=training,
@@ -124,7 +127,7 @@ def decide(inspection: Inspection) -> Decision:
             processes_per_node=processes,
             machines=inspection.topology.num_machines,
         )
-    fitted = fit(shape, given, capacity, world, inspection.request.memory_check, inspection.model.unknown_because)
+    fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
