@@ -17,9 +17,20 @@ DEMO_MODEL_SHAPE = dict(
 )
 DEMO_VOCAB_SIZE = 512
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+# The markers of the chat templates LLaMA-Factory's own examples use (qwen3, llama3), so that the demo model trains
+# under them unchanged: a template whose markers the vocabulary lacks adds them, and the embeddings no longer fit.
+CHAT_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
 
 
-def train_bpe_tokenizer(texts, vocab_size: int):
+def train_bpe_tokenizer(texts, vocab_size: int, chat_tokens: tuple[str, ...] = ()):
     """A byte-level BPE tokenizer trained on `texts`, with the special tokens LLaMA-Factory needs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -29,18 +40,20 @@ def train_bpe_tokenizer(texts, vocab_size: int):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=[*SPECIAL_TOKENS.values(), *chat_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, additional_special_tokens=list(chat_tokens), **SPECIAL_TOKENS
+    )
 
 
 def build_demo_model(destination: Path, data_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    fast = train_bpe_tokenizer(_demo_texts(data_dir), DEMO_VOCAB_SIZE)
+    fast = train_bpe_tokenizer(_demo_texts(data_dir), DEMO_VOCAB_SIZE, CHAT_TOKENS)
 
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -1,0 +1,71 @@
+"""LLaMA-Factory's own training examples, shrunk and run on the CPU through the real launcher, Accelerate and
+LLaMA-Factory: each keeps its stage, template, dataset and fine-tuning type; the tiny demo model (whose tokenizer
+holds the chat templates' markers) stands in for its model, and it trains two steps. What cannot run here is
+refused before anything loads."""
+
+import json
+
+import pytest
+from llamafactory_fp8.demo import build_demo_model
+from llamafactory_fp8.lf_files import lf_examples_dir
+
+from .conftest import ROOT, run_cli
+
+EXAMPLES = lf_examples_dir()
+SHRUNK = (
+    "max_steps=2",
+    "save_steps=1000",
+    "per_device_train_batch_size=2",
+    "gradient_accumulation_steps=1",
+    "cutoff_len=64",
+    "max_samples=16",
+    "preprocessing_num_workers=1",
+    "dataloader_num_workers=0",
+    "report_to=none",
+    "plot_loss=false",
+)
+RUNS = {  # example: what its stage saves
+    "train_full/qwen3_full_sft.yaml": "model.safetensors",
+    "train_lora/qwen3_lora_sft.yaml": "adapter_model.safetensors",
+    "train_lora/qwen3_lora_pretrain.yaml": "adapter_model.safetensors",
+    "train_lora/qwen3_lora_dpo.yaml": "adapter_model.safetensors",
+    "train_lora/qwen3_lora_kto.yaml": "adapter_model.safetensors",
+    "train_lora/qwen3_lora_reward.yaml": "adapter_model.safetensors",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_demo_model(tmp_path_factory.mktemp("model") / "tiny-llama", ROOT / "data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", list(RUNS))
+def test_the_example_trains_two_steps_as_written(example, tiny_model, tmp_path):
+    output_dir = tmp_path / "saves"
+    result = run_cli(
+        "train",
+        str(EXAMPLES / example),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        f"output_dir={output_dir}",
+        *SHRUNK,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert (output_dir / RUNS[example]).stat().st_size > 0
+    assert "llamafactory-fp8: finished: 2 steps" in result.stdout
+
+
+def test_qlora_off_a_gpu_is_refused_before_loading(tiny_model, tmp_path):
+    result = run_cli(
+        "train",
+        str(EXAMPLES / "train_qlora/qwen3_lora_sft_otfq.yaml"),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        f"output_dir={tmp_path / 'saves'}",
+        *SHRUNK,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 25 and "bitsandbytes" in result.stderr
