@@ -33,3 +33,17 @@ def test_other_runs_do_not_import_transformer_engine(te_like_2_20, monkeypatch):
     monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
     let_accelerate_find_te_fp8()
     assert "transformer_engine" not in sys.modules
+
+
+def test_the_known_noise_is_quiet_and_nothing_else_is():
+    """torchao's extensions built for another torch, and torch's pytree notice, print on every import here."""
+    import subprocess
+
+    probe = "import logging; {quiet}import torchao; logging.getLogger('torchao').warning('a real warning')"
+    loud = subprocess.run([sys.executable, "-c", probe.format(quiet="")], capture_output=True, text=True)
+    quiet_code = "from llamafactory_fp8.runtime_patches import quiet_known_noise; quiet_known_noise(); "
+    quiet = subprocess.run([sys.executable, "-c", probe.format(quiet=quiet_code)], capture_output=True, text=True)
+    if "Failed to load" not in loud.stderr:
+        pytest.skip("torchao's extensions load with this torch: nothing to quiet")
+    assert "Failed to load" not in quiet.stderr and "Enum subclass" not in quiet.stderr
+    assert "a real warning" in quiet.stderr

@@ -39,7 +39,10 @@ def describe_failure(error: BaseException) -> str:
 
 def run_worker() -> None:
     faulthandler.enable()  # a crash in native code (NCCL, CUDA) still leaves a Python traceback in the log
-    from . import causal_attention, fp8_recipe, runtime_patches
+    from . import runtime_patches
+
+    runtime_patches.quiet_known_noise()  # before the imports below load torch, torchao and Transformers
+    from . import causal_attention, fp8_recipe
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
     from .step_profiler import profiler_from_environment
     from .stop_request import StopFiles

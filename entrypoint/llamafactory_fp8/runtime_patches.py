@@ -4,10 +4,38 @@ pinned release, says which, and is guarded by a test (patches/README.md lists th
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 
 from . import contract
 from .progress import ProgressReporter
+
+# Lines libraries print on every start that say nothing about this run: torchao's C extensions, built for another
+# torch than the one here (its float8 training is pure Python over torch._scaled_mm, and runs without them), and
+# torch's notice to library authors about registering enums with pytree.
+KNOWN_NOISE = {
+    "torchao": ("Failed to load ",),
+    "torchao.kernel.intmm": ("Warning: Detected no triton",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+
+
+class _DropKnownNoise(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def quiet_known_noise() -> None:
+    """Drop KNOWN_NOISE's lines, and show a model's config once (Transformers logs it at every load of the config,
+    four times a run), before anything imports the libraries that print them."""
+    for name, fragments in KNOWN_NOISE.items():
+        logging.getLogger(name).addFilter(_DropKnownNoise(fragments))
+    logging.getLogger("transformers.configuration_utils").setLevel(logging.WARNING)
 
 
 def let_accelerate_find_te_fp8() -> None:
