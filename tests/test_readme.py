@@ -33,3 +33,11 @@ def test_the_exit_code_table_lists_every_code_each_with_an_existing_test():
     rows = re.findall(r"^\| ([\d+N]+) \| .+ \| (`tests/[^|]+`) \|$", table, re.M)
     assert [code for code, _ in rows] == [str(code) for code in documented_exit_codes()] + ["128+N"]
     assert assert_named_tests_exist(table) == len(rows)
+
+
+def test_the_module_table_names_every_module_of_the_package():
+    table = section("| step | module | what |", "**Precedence**")
+    named = set(re.findall(r"`(\w+\.py)`", table))
+    modules = {path.name for path in (ROOT / "entrypoint" / "llamafactory_fp8").glob("*.py")}
+    assert modules - {"__init__.py", "__main__.py"} <= named
+    assert named <= modules, "the table names a module that is gone"
