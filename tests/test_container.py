@@ -176,51 +176,12 @@ def test_without_a_saves_folder_compose_stops_before_the_run_naming_it_and_makes
     assert not (project / "saves").exists()
 
 
-# The FP8 guide's "Complete Example" (the seed guide, section 1), as its users write it; only the model changes, to
-# the image's demo model, and with it the chat template (`qwen` adds tokens the demo model's vocabulary lacks);
-# two steps, BF16 on the CPU.
-GUIDE_EXAMPLE = """\
-### Model
-model_name_or_path: demo/tiny-llama
-
-### Method
-stage: sft
-do_train: true
-finetuning_type: full
-fp8: true              # Enable FP8
-fp8_backend: te        # Use Transformer Engine
-
-### Dataset
-dataset: alpaca_en_demo
-template: default
-cutoff_len: 1024
-max_samples: 1000
-overwrite_cache: true
-preprocessing_num_workers: 16
-
-### Output
-output_dir: saves/qwen-7b-fp8
-logging_steps: 5
-save_steps: 500
-plot_loss: true
-overwrite_output_dir: true
-
-### Training Hyperparameters
-per_device_train_batch_size: 4
-gradient_accumulation_steps: 4
-learning_rate: 5.0e-05
-num_train_epochs: 1
-max_steps: 2
-lr_scheduler_type: cosine
-warmup_ratio: 0.1
-bf16: true
-ddp_timeout: 180000000
-"""
-
-
 def test_the_fp8_guides_example_trains_on_llamafactorys_demo_data_into_saves_on_the_host(image, project):
-    (project / "configs" / "my_qwen_fp8.yaml").write_text(GUIDE_EXAMPLE)
-    code, output = finish(compose(project, "run", "--rm", "-T", "train-bf16", "configs/my_qwen_fp8.yaml"))
+    """The FP8 guide's "Complete Example" as its readers write it: only the model becomes the image's demo model
+    (whose tokenizer holds the qwen template's markers), for two steps, in BF16 on the CPU."""
+    guide = "configs/examples/fp8-guide-qwen2.5-7b.yaml"
+    shrunk = ("model_name_or_path=demo/tiny-llama", "max_steps=2")
+    code, output = finish(compose(project, "run", "--rm", "-T", "train-bf16", guide, *shrunk))
     assert code == 0, output[-4000:]
     saved = project / "saves" / "qwen-7b-fp8"
     assert (saved / "model.safetensors").is_file()

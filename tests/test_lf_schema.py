@@ -32,33 +32,7 @@ EXPECTED = {
         "fsdp_transformer_layer_cls_to_wrap: not a LLaMA-Factory key",
     ],
 }
-GUIDE_EXAMPLE = """
-model_name_or_path: Qwen/Qwen2.5-7B
-stage: sft
-do_train: true
-finetuning_type: full
-fp8: true
-fp8_backend: te
-dataset: alpaca_en_demo
-template: qwen
-cutoff_len: 1024
-max_samples: 1000
-overwrite_cache: true
-preprocessing_num_workers: 16
-output_dir: saves/qwen-7b-fp8
-logging_steps: 5
-save_steps: 500
-plot_loss: true
-overwrite_output_dir: true
-per_device_train_batch_size: 4
-gradient_accumulation_steps: 4
-learning_rate: 5.0e-05
-num_train_epochs: 1
-lr_scheduler_type: cosine
-warmup_ratio: 0.1
-bf16: true
-ddp_timeout: 180000000
-"""
+GUIDE_EXAMPLE = (ROOT / "configs" / "examples" / "fp8-guide-qwen2.5-7b.yaml").read_text()
 
 
 @pytest.fixture(scope="module")
