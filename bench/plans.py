@@ -165,7 +165,8 @@ def memory_points():
 def parity_1b(steps: int = 300):
     """Loss parity at the 1B with the attention fix (issue 21): BF16 twice (the noise band between two runs of one
     precision), FP8 tensorwise and FP8 with power-of-2 scales, on the stdlib corpus (about 2.3 epochs at 300 steps).
-    Meant to run two at a time (--parallel 2): their losses count, their speeds do not."""
+    They may share the GPU (--parallel, four fit an H200 by their peaks in results/parity/): their losses count, their
+    speeds do not."""
     options = dict(shape="llama-3.2-1b", layers=None, finetuning="full", compile=True, steps=steps, loss_only=True)
     return [
         Case(**options, precision="bf16", expected_s=240),
