@@ -27,6 +27,8 @@ class Case:
     recipe: str | None = None  # LLAMAFACTORY_FP8_RECIPE for the trainer (fp8 only); None is the product's default
     profile_steps: int = 0  # steps profiled after the timed ones; the run ends after them, unsaved
     memory_only: bool = False  # run beside other memory-only cases: its peak memory counts, its speed does not
+    loss_only: bool = False  # run beside other loss-only cases: its losses and peak memory count, its speed does not
+    search: str = ""  # cases sharing a search run in order until one trains to its end; the rest are skipped
     label: str = ""  # appended to the name, e.g. "llamafactory-defaults"
     expected_s: int = 120  # rough wall time, to skip a case that cannot finish before the deadline
 
@@ -70,10 +72,12 @@ class Result:
     training: dict = field(default_factory=dict)  # the LLaMA-Factory keys this run trained with
     model: dict = field(default_factory=dict)  # the model's shape and parameter counts
     breakdown: dict | None = None  # per-step GPU time by kernel group, from the profiled steps
+    seconds_to_step: dict[int, float] = field(default_factory=dict)  # from the launch to each logged step
 
 
 def result_from_record(record: dict) -> Result:
     case = Case(**{**record["case"], "extra": tuple(record["case"]["extra"])})
     fp8_layers = tuple(record["fp8_layers"]) if record["fp8_layers"] else None
     losses = {int(step): loss for step, loss in record["losses"].items()}
-    return Result(**{**record, "case": case, "fp8_layers": fp8_layers, "losses": losses})
+    seconds = {int(step): s for step, s in record.get("seconds_to_step", {}).items()}
+    return Result(**{**record, "case": case, "fp8_layers": fp8_layers, "losses": losses, "seconds_to_step": seconds})

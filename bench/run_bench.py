@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, 
 from bench import runner  # noqa: E402
 from bench.cases import Case, Result  # noqa: E402
 from bench.plans import PLANS  # noqa: E402
-from bench.plots import plot_losses  # noqa: E402
 from bench.runner import run_case  # noqa: E402
 from bench.tables import rebuild, write_report  # noqa: E402
 
@@ -51,7 +50,9 @@ def main() -> int:
     parser.add_argument(
         "--deadline-s", type=float, default=None, help="skip or stop runs that would end later than this"
     )
-    parser.add_argument("--parallel", type=int, default=4, help="memory-only cases run this many at a time")
+    parser.add_argument(
+        "--parallel", type=int, default=4, help="memory-only (and loss-only) cases run this many at a time"
+    )
     parser.add_argument("--list", action="store_true", help="print the plans' cases and exit")
     args = parser.parse_args()
     if args.rebuild:
@@ -78,6 +79,9 @@ def main() -> int:
     env = runner.environment()
     results: list[Result] = []
     for batch in runner.batches(cases, args.parallel):
+        if all(runner.settled(case, results) for case in batch):
+            results += [Result(case, -1, error="not run: a larger batch of its search trained") for case in batch]
+            continue
         for case in batch:
             runner.build_model(args.work, case.shape, case.layers, tokenizer)
         results += runner.run_batch(batch, args, data, logs, deadline)
@@ -90,10 +94,7 @@ def main() -> int:
 def write_results(args: argparse.Namespace, env: dict, results: list[Result]) -> str:
     """Written after every run, so a call cut short still brings back what it measured."""
     command = "python bench/run_bench.py " + " ".join(f"--plan {p}" for p in args.plan) + " --out OUT"
-    report = write_report(args.out / "-".join(args.plan), env, command, results)
-    if "parity" in args.plan:
-        plot_losses(results, args.out / f"{'-'.join(args.plan)}-loss.png")
-    return report
+    return write_report(args.out / "-".join(args.plan), env, command, results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -183,7 +184,9 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
     if case.profile_steps:
         env["LLAMAFACTORY_FP8_PROFILE"] = f"{case.steps + 1}-{case.max_steps}:{profile_dir}"
     result = Result(case, -1, training=recorded_training(case, keys), model=model_facts(case.shape, case.layers))
+    (output_dir / "trainer_log.jsonl").unlink(missing_ok=True)  # an earlier call's, on a warm machine
     started = time.time()
+    watch = StepClock(output_dir / "trainer_log.jsonl", started)
     try:
         completed = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s)
         result.exit_code, log = completed.returncode, completed.stdout + completed.stderr
@@ -196,6 +199,7 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
         )
         result.error = "stopped at the deadline"
     result.wall_s = round(time.time() - started, 1)
+    result.seconds_to_step = watch.stop()
     (log_dir / f"{case.name}.log").write_text(log)
     read_outcome(result, log, output_dir)
     if (profile_dir / "profile.json").exists():
@@ -205,6 +209,36 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
     return result
 
 
+class StepClock:
+    """When each logged step's record reached LLaMA-Factory's trainer log, in seconds from the launch: what a user
+    waits for step N, loading and compiling included. Read every half second beside the blocking run."""
+
+    def __init__(self, log_file: Path, started: float):
+        self.log_file, self.started, self.seen = log_file, started, {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.5):
+            self._read()
+
+    def _read(self) -> None:
+        now = round(time.time() - self.started, 1)
+        lines = self.log_file.read_text().splitlines() if self.log_file.exists() else []
+        for line in lines:
+            try:
+                step = json.loads(line)["current_steps"]
+            except (ValueError, KeyError):
+                continue  # a line still being written
+            self.seen.setdefault(step, now)
+
+    def stop(self) -> dict[int, float]:
+        self.done.set()
+        self.thread.join()
+        return dict(sorted(self.seen.items()))
+
+
 def read_outcome(result: Result, log: str, output_dir: Path) -> None:
     """Speed, memory, loss and layer counts from LLaMA-Factory's log records, also for a run stopped early."""
     if result.exit_code not in (0, -1):
@@ -212,7 +246,8 @@ def read_outcome(result: Result, log: str, output_dir: Path) -> None:
     log_file = output_dir / "trainer_log.jsonl"
     records = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
     timed = [r for r in records if r.get("current_steps", 0) <= result.case.steps]
-    result.tokens_per_s = steady_tokens_per_s(timed, result.case.warmup_steps)
+    loss_only = result.case.loss_only  # it shared the GPU: its speed is not its own
+    result.tokens_per_s = None if loss_only else steady_tokens_per_s(timed, result.case.warmup_steps)
     result.peak_allocated_gib = max((r["vram_allocated"] for r in records if "vram_allocated" in r), default=None)
     result.peak_reserved_gib = max((r["vram_reserved"] for r in records if "vram_reserved" in r), default=None)
     result.losses = {r["current_steps"]: round(r["loss"], 4) for r in records if "loss" in r}
@@ -286,14 +321,26 @@ def environment() -> dict:
 
 
 def batches(cases: list[Case], parallel: int) -> list[list[Case]]:
-    """Consecutive memory-only cases in groups of `parallel`; every other case alone."""
+    """Consecutive memory-only cases, and consecutive loss-only cases, in groups of `parallel`; every other case
+    alone."""
     grouped: list[list[Case]] = []
     for case in cases:
-        if case.memory_only and grouped and grouped[-1][0].memory_only and len(grouped[-1]) < parallel:
+        beside = beside_kind(case)
+        if beside and grouped and beside_kind(grouped[-1][0]) == beside and len(grouped[-1]) < parallel:
             grouped[-1].append(case)
         else:
             grouped.append([case])
     return grouped
+
+
+def beside_kind(case: Case) -> str | None:
+    """What a case measures when it shares the GPU: its peak memory, or its losses; never its speed."""
+    return "memory" if case.memory_only else "loss" if case.loss_only else None
+
+
+def settled(case: Case, results: list[Result]) -> bool:
+    """Whether an earlier case of this case's search trained to its end (a search runs its largest batch first)."""
+    return bool(case.search) and any(r.case.search == case.search and r.exit_code == 0 for r in results)
 
 
 def run_batch(

@@ -7,7 +7,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .cases import Result, result_from_record
+from .cases import Case, Result, result_from_record
+from .parity import LONG_RUN_STEPS, PARITY_WINDOW, parity
+from .plots import plot_losses
 from .profiles import breakdown
 
 
@@ -15,11 +17,18 @@ def ratio_table(results: list[Result]) -> list[dict]:
     """One row per FP8 run: against BF16 of the same pair with the same compile setting, compiled and eager, and
     against LLaMA-Factory's defaults (BF16 eager with gradient checkpointing) of the same family."""
     rows = []
-    bf16 = {(r.case.pair, r.case.compile): r for r in results if r.case.precision == "bf16" and r.tokens_per_s}
+    bf16 = {
+        (r.case.pair, r.case.compile): r
+        for r in results
+        if r.case.precision == "bf16" and (r.tokens_per_s or r.case.loss_only)
+    }
     defaults = {
         r.case.family: r
         for r in results
         if r.case.precision == "bf16" and not r.case.compile and r.case.grad_ckpt and r.tokens_per_s
+    }
+    largest_batch = {  # where a search found the largest batch the defaults fit: the batch a user would run
+        same_model(r.case): r for r in results if r.case.search == "llamafactory-defaults" and r.tokens_per_s
     }
     for r in results:
         if r.case.precision != "fp8":
@@ -40,11 +49,12 @@ def ratio_table(results: list[Result]) -> list[dict]:
             base = bf16.get((r.case.pair, compiled))
             if base and r.tokens_per_s:
                 row[f"speedup_vs_bf16_{label}"] = round(r.tokens_per_s / base.tokens_per_s, 3)
-        default = defaults.get(r.case.family)
+        default = defaults.get(r.case.family) or largest_batch.get(same_model(r.case))
         if default and r.tokens_per_s:
             row["speedup_vs_llamafactory_defaults"] = round(r.tokens_per_s / default.tokens_per_s, 3)
+            row["llamafactory_defaults_batch"] = default.case.batch
         same = bf16.get((r.case.pair, r.case.compile))
-        if same and r.tokens_per_s:
+        if same and (r.tokens_per_s or r.case.loss_only):
             row["bf16_tokens_per_s"] = same.tokens_per_s
             row["memory_ratio"] = (
                 round(r.peak_allocated_gib / same.peak_allocated_gib, 3) if same.peak_allocated_gib else None
@@ -54,8 +64,14 @@ def ratio_table(results: list[Result]) -> list[dict]:
                 last = common[-1]
                 row["loss_step"] = last
                 row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
+        if r.case.steps >= LONG_RUN_STEPS:
+            row["parity"] = parity(r, results)
         rows.append(row)
     return rows
+
+
+def same_model(case: Case) -> tuple:
+    return case.shape, case.layers, case.finetuning, case.seq
 
 
 def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -> str:
@@ -89,13 +105,39 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
         for row in rows:
             recipe = f" {row['recipe']}" if row["recipe"] else ""
             label = f"{row['pair']} {row['backend']}{recipe} {'compiled' if row['compile'] else 'eager'}"
+            defaults = row.get("speedup_vs_llamafactory_defaults")
+            batch = row.get("llamafactory_defaults_batch")
+            if batch and f"-b{batch}x" not in row["pair"]:
+                defaults = f"{defaults} (defaults at batch {batch})"
             lines.append(
                 f"| {label} | {row.get('speedup_vs_bf16_compiled')} | {row.get('speedup_vs_bf16_eager')} | "
-                f"{row.get('speedup_vs_llamafactory_defaults')} | {row.get('memory_ratio')} | "
+                f"{defaults} | {row.get('memory_ratio')} | "
                 f"{row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
             )
+    lines += parity_markdown(rows)
     lines += breakdown_markdown(results)
     return "\n".join(lines) + "\n"
+
+
+def parity_markdown(rows: list[dict]) -> list[str]:
+    compared = [row for row in rows if row.get("parity")]
+    if not compared:
+        return []
+    lines = [
+        "",
+        f"Loss parity: the mean loss over the last {PARITY_WINDOW} steps, against the first BF16 run's:",
+        "",
+        "| FP8 run | steps | FP8 vs BF16 | BF16 repeat vs BF16 (the noise band) |",
+        "|---|---|---|---|",
+    ]
+    for row in compared:
+        found = row["parity"]
+        repeat = found["bf16_repeat_rel"]
+        lines.append(
+            f"| {row['pair']} {row['recipe'] or row['backend']} | {found['steps']} | {found['fp8_vs_bf16_rel']:+.2%} | "
+            + (f"{repeat:+.2%} |" if repeat is not None else "not run |")
+        )
+    return lines
 
 
 def breakdown_markdown(results: list[Result]) -> list[str]:
@@ -154,6 +196,8 @@ def write_report(stem: Path, env: dict, command: str, results: list[Result]) -> 
     payload = {"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
     stem.with_suffix(".md").write_text(report)
+    if any(row.get("parity") for row in rows):
+        plot_losses(results, stem.parent / f"{stem.name}-loss.png")
     return report
 
 

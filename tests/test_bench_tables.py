@@ -1,0 +1,69 @@
+"""The bench's reading of long runs and searches, on made-up results (no GPU): the parity record, the loss plot,
+the largest batch a search found, and which cases share the GPU."""
+
+from bench.cases import Case, Result
+from bench.parity import parity
+from bench.runner import batches, settled
+from bench.tables import ratio_table, write_report
+
+SHAPE = dict(shape="llama-3.2-1b", layers=None, finetuning="full", compile=True, steps=300)
+
+
+def run(precision, losses, recipe=None, repeat=0, **options):
+    case = Case(**{**SHAPE, **options}, precision=precision, recipe=recipe, repeat=repeat)
+    return Result(case, 0, losses={step: losses(step) for step in range(5, case.steps + 1, 5)})
+
+
+def test_parity_compares_the_mean_loss_over_the_last_50_steps():
+    bf16 = run("bf16", lambda step: 4.0 if step > 250 else 9.0)
+    repeat = run("bf16", lambda step: 4.004 if step > 250 else 1.0, repeat=1)
+    fp8 = run("fp8", lambda step: 4.04 if step > 250 else 2.0)
+    assert parity(fp8, [fp8, repeat, bf16]) == {"steps": 300, "fp8_vs_bf16_rel": 0.01, "bf16_repeat_rel": 0.001}
+    assert parity(fp8, [bf16, fp8])["bf16_repeat_rel"] is None
+    other_length = run("bf16", lambda step: 4.0, steps=200)
+    assert parity(fp8, [other_length, fp8]) is None
+
+
+def test_a_long_run_gets_its_parity_row_and_plot(tmp_path):
+    results = [
+        run("bf16", lambda step: 5 - step / 100),
+        run("fp8", lambda step: 5.02 - step / 100),
+        run("bf16", lambda step: 5.001 - step / 100, repeat=1),
+        run("fp8", lambda step: 5.03 - step / 100, recipe="tensorwise-pow2"),
+    ]
+    env = {"device": "test", "date": "today", "driver": None, "cuda_driver": None, "packages": {}}
+    report = write_report(tmp_path / "parity-1b", env, "command", results)
+    rows = ratio_table(results)
+    assert [row["recipe"] for row in rows] == [None, "tensorwise-pow2"]
+    assert all(row["parity"]["bf16_repeat_rel"] > 0 and row["parity"]["fp8_vs_bf16_rel"] > 0.005 for row in rows)
+    assert "| llama-3.2-1b-full-depth-full-b4x2048 tensorwise-pow2 | 300 | +1.35% | +0.04% |" in report
+    assert (tmp_path / "parity-1b-loss.png").stat().st_size > 10_000
+
+
+def test_a_loss_only_run_reports_no_speed_ratio():
+    bf16 = run("bf16", lambda step: 4.0, loss_only=True)
+    fp8 = run("fp8", lambda step: 4.0, loss_only=True)
+    bf16.tokens_per_s, fp8.tokens_per_s = 1000.0, 2000.0  # what a shared GPU gave: not their own speeds
+    fp8.tokens_per_s = None  # read_outcome leaves it out for a loss-only run
+    (row,) = ratio_table([bf16, fp8])
+    assert "speedup_vs_bf16_compiled" not in row and row["parity"]["fp8_vs_bf16_rel"] == 0
+
+
+def test_a_search_stops_at_the_first_batch_that_trains_and_fp8_is_compared_with_it():
+    search = dict(SHAPE, precision="bf16", compile=False, grad_ckpt=True, search="llamafactory-defaults", steps=20)
+    seven, six, five = (Case(**search, batch=batch) for batch in (7, 6, 5))
+    out_of_memory = Result(seven, 1)
+    assert not settled(six, [out_of_memory])
+    fitted = Result(six, 0, tokens_per_s=1000.0)
+    assert settled(five, [out_of_memory, fitted])
+    assert not settled(Case(**dict(SHAPE, precision="fp8")), [fitted])
+    fp8 = Result(Case(**dict(SHAPE, steps=20, precision="fp8", batch=8, grad_ckpt=True)), 0, tokens_per_s=1900.0)
+    (row,) = ratio_table([fp8, out_of_memory, fitted])
+    assert (row["speedup_vs_llamafactory_defaults"], row["llamafactory_defaults_batch"]) == (1.9, 6)
+
+
+def test_only_runs_that_measure_no_speed_share_the_gpu():
+    loss = [Case(**SHAPE, precision="bf16", loss_only=True, repeat=i) for i in range(3)]
+    timed = Case(**SHAPE, precision="fp8")
+    memory = Case(**SHAPE, precision="bf16", memory_only=True)
+    assert batches([*loss, timed, memory, memory], parallel=2) == [loss[:2], loss[2:], [timed], [memory, memory]]
