@@ -1,5 +1,6 @@
 """The product's trainer (llamafactory_fp8.trainer) as the sharded CPU tests run it: with the FSDP-on-CPU patch
-installed, which the lead wires into `trainer.run_worker`, and a probe callback that writes, per rank, what the
+installed and the final-save callback of fsdp_checkpoints.py added, which the lead wires into
+`trainer.run_worker`, and a probe callback that writes, per rank, what the
 strategy really did to the model at the first step (DTensor shards, DeepSpeed's stage and partitions), so a test
 can tell a sharded run from one that silently fell back to DDP. Run as `-m tests.sharded_trainer` in place of
 `-m llamafactory_fp8.trainer`."""
@@ -73,25 +74,32 @@ def describe(model, optimizer) -> dict:
     return record
 
 
-def run_worker_with_patch() -> None:
+def run_worker_as_wired() -> None:
+    """What the lead wires into `trainer.run_worker`: the patch, the rehearsal's fake group (before anything
+    builds an Accelerator) and its callback, and the FSDP final-save callback."""
+    import llamafactory.train.tuner as tuner
+    from llamafactory_fp8.fsdp_checkpoints import SaveTheFinalModelWhole
     from llamafactory_fp8.fsdp_on_cpu import let_fsdp_run_on_cpu_processes
+    from llamafactory_fp8.rehearsal import rehearse_from_environment
 
     let_fsdp_run_on_cpu_processes()
-    probe_dir = os.environ.get(PROBE_DIR_ENV)
-    if probe_dir:
-        import llamafactory.train.tuner as tuner
+    added = [SaveTheFinalModelWhole()]
+    rehearsal = rehearse_from_environment()
+    if rehearsal is not None:
+        added.append(rehearsal)
+    if os.environ.get(PROBE_DIR_ENV):
+        added.append(probe_callback(Path(os.environ[PROBE_DIR_ENV])))
+    original = tuner.run_exp
 
-        original = tuner.run_exp
+    def run_exp(callbacks=None, **kwargs):
+        return original(callbacks=[*(callbacks or []), *added], **kwargs)
 
-        def run_exp(callbacks=None, **kwargs):
-            return original(callbacks=[*(callbacks or []), probe_callback(Path(probe_dir))], **kwargs)
-
-        tuner.run_exp = run_exp
+    tuner.run_exp = run_exp
     trainer.run_worker()
 
 
 if __name__ == "__main__":
     if watcher.is_worker():
-        run_worker_with_patch()
+        run_worker_as_wired()
     else:
         raise SystemExit(watcher.watch([sys.executable, "-m", "tests.sharded_trainer", *sys.argv[1:]]))

@@ -46,3 +46,73 @@ def test_an_fsdp2_config_on_a_cpu_process_shards_only_with_the_patch(mode, expec
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.fixture
+def cpu_plan(nvml_profile, tmp_path, monkeypatch):
+    """The plan tests/sharded_launch.py runs: the demo's, for a strategy over CPU processes."""
+    from .sharded_launch import sharded_cpu_plan
+
+    nvml_profile("no-gpu")
+    monkeypatch.setenv("LLAMAFACTORY_FP8_STATE_DIR", str(tmp_path / "state"))
+
+    def plan(strategy: str, processes: int, precision: str = "auto", *overrides: str):
+        return sharded_cpu_plan(strategy, processes, precision, (f"output_dir={tmp_path / 'out'}", *overrides))
+
+    return plan
+
+
+@pytest.mark.parametrize(
+    "strategy, layout, distributed_type",
+    [
+        ("ddp", "multi-gpu.yaml", "MULTI_GPU"),
+        ("fsdp2", "fsdp2.yaml", "FSDP"),
+        ("fsdp2-offload", "fsdp2-offload.yaml", "FSDP"),
+        ("deepspeed-zero2", "multi-gpu.yaml", "MULTI_GPU"),
+        ("deepspeed-zero3", "multi-gpu.yaml", "MULTI_GPU"),
+        ("deepspeed-zero3-offload", "multi-gpu.yaml", "MULTI_GPU"),
+    ],
+)
+def test_several_cpu_processes_get_the_strategys_layout_without_use_cpu_so_torchrun_starts_them(
+    cpu_plan, strategy, layout, distributed_type
+):
+    plan = cpu_plan(strategy, 2)
+    values = plan.accelerate.values
+    assert (values["num_processes"], values["use_cpu"], values["distributed_type"]) == (2, False, distributed_type)
+    assert [source.name for source in plan.accelerate.sources] == ["bf16.yaml", layout]
+    assert plan.environment["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    deepspeed = [argument for argument in plan.command if argument.startswith("deepspeed=")]
+    if strategy.startswith("deepspeed"):
+        assert deepspeed == [f"deepspeed={ROOT}/configs/deepspeed/{strategy.removeprefix('deepspeed-')}.json"]
+        assert "use_cpu=false" in plan.command and "bf16=false" in plan.command
+    else:
+        assert deepspeed == [] and "use_cpu=true" in plan.command
+
+
+def test_one_cpu_process_keeps_todays_config(cpu_plan):
+    from llamafactory_fp8 import paths
+    from llamafactory_fp8.accelerate_config import render_accelerate_config
+
+    plan = cpu_plan("ddp", 1, "bf16")
+    today, _ = render_accelerate_config(plan.decision, plan.topology, paths.accelerate_configs_dir())
+    assert dict(plan.accelerate.values) == today
+    assert (today["use_cpu"], today["distributed_type"]) == (True, "NO")
+
+
+@pytest.mark.parametrize(
+    "strategy, processes, precision, exit_code, words",
+    [
+        ("fsdp2", 1, "bf16", 13, "FSDP2 shards over several processes and this CPU run has one: pass --processes 2"),
+        ("deepspeed-zero3", 1, "auto", 13, "DeepSpeed ZeRO-3 shards over several processes"),
+        ("deepspeed-zero2", 2, "bf16", 4, "BF16 refused: DeepSpeed ZeRO-2 runs on the CPU in FP32 only"),
+    ],
+)
+def test_what_would_not_run_as_asked_on_the_cpu_is_refused_in_one_line(
+    cpu_plan, strategy, processes, precision, exit_code, words
+):
+    from llamafactory_fp8.errors import LaunchError
+
+    with pytest.raises(LaunchError) as refused:
+        cpu_plan(strategy, processes, precision)
+    assert refused.value.exit_code == exit_code
+    assert str(refused.value).startswith(words) and "\n" not in str(refused.value)
