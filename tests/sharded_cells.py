@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, cli_env
 from .sharded_trainer import PROBE_DIR_ENV
 
@@ -16,8 +18,9 @@ LORA = ("finetuning_type=lora", "lora_target=all", "lora_rank=8")
 
 
 def start(strategy: str, processes: int, output_dir: Path, model: Path, *args: str, **env: str) -> subprocess.Popen:
-    """The launcher for `strategy` over `processes` CPU processes on the demo, its state and probe beside
-    output_dir."""
+    """The launcher for `strategy` over `processes` CPU processes on the demo, its state and the probe beside
+    output_dir unless `env` says otherwise."""
+    beside = {"LLAMAFACTORY_FP8_STATE_DIR": f"{output_dir}.state", PROBE_DIR_ENV: f"{output_dir}.probe"}
     return subprocess.Popen(
         [
             sys.executable,
@@ -30,12 +33,7 @@ def start(strategy: str, processes: int, output_dir: Path, model: Path, *args: s
             *args,
         ],
         cwd=ROOT,
-        env=cli_env(
-            "no-gpu",
-            LLAMAFACTORY_FP8_STATE_DIR=str(output_dir) + ".state",
-            **{PROBE_DIR_ENV: str(output_dir) + ".probe"},
-            **env,
-        ),
+        env=cli_env("no-gpu", **{**beside, **env}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -68,3 +66,10 @@ def probes(output_dir: Path) -> list[dict]:
 
 def stop_answer(output_dir: Path) -> dict:
     return json.loads((Path(str(output_dir) + ".state") / "stop.answer.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def full_matrix_only_when_asked(request):
+    """Cells marked slow_sharded run where `-m` names them (the nightly job); every CI run takes the others."""
+    if request.node.get_closest_marker("slow_sharded") and "slow_sharded" not in (request.config.option.markexpr or ""):
+        pytest.skip("in the full sharded matrix: run with -m slow_sharded")

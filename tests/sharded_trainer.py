@@ -75,14 +75,15 @@ def describe(model, optimizer) -> dict:
 
 
 def run_worker_as_wired() -> None:
-    """What the lead wires into `trainer.run_worker`: the patch, the rehearsal's fake group (before anything
+    """What the lead wires into `trainer.run_worker`: the two patches, the rehearsal's fake group (before anything
     builds an Accelerator) and its callback, and the FSDP final-save callback."""
     import llamafactory.train.tuner as tuner
-    from llamafactory_fp8.fsdp_checkpoints import SaveTheFinalModelWhole
+    from llamafactory_fp8.fsdp_checkpoints import SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
     from llamafactory_fp8.fsdp_on_cpu import let_fsdp_run_on_cpu_processes
     from llamafactory_fp8.rehearsal import rehearse_from_environment
 
     let_fsdp_run_on_cpu_processes()
+    let_fsdp2_resume_its_sharded_optimizer()
     added = [SaveTheFinalModelWhole()]
     rehearsal = rehearse_from_environment()
     if rehearsal is not None:

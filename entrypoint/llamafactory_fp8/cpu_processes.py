@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 def check_cpu_strategy(strategy: Strategy, processes_per_node: int, world_size: int, precision: str) -> None:
     """Refuse, in one line, what would not run as asked on the CPU: a sharded strategy needs several processes to
     shard over, and DeepSpeed cannot run BF16 there. The policy calls it, so this module imports no policy."""
+    if processes_per_node < 1:
+        raise ConfigInvalid(f"--processes must be 1 or more, got {processes_per_node}")
     if strategy is not DDP and world_size < 2:
         raise ConfigInvalid(
             f"{strategy.label} shards over several processes and this CPU run has one: pass --processes 2 or more"
@@ -37,23 +39,24 @@ def check_cpu_strategy(strategy: Strategy, processes_per_node: int, world_size: 
             f"BF16 refused: {strategy.label} runs on the CPU in FP32 only (Accelerate turns DeepSpeed off under "
             "use_cpu, which Transformers needs for BF16 off a GPU); drop --bf16, or choose ddp or fsdp2"
         )
-    if processes_per_node < 1:
-        raise ConfigInvalid(f"--processes must be 1 or more, got {processes_per_node}")
 
 
 def cpu_accelerate_config(decision: Decision, topology: Topology, configs_dir: Path) -> tuple[dict, tuple[Path, ...]]:
     """The Accelerate config of a CPU run, and the files it came from. One process in all: `use_cpu` and no
-    distributed type. Several (on one node or over nodes): the strategy's layout, `use_cpu: false`, so torchrun
-    starts them."""
-    from .accelerate_config import load_accelerate_config  # which imports the policy, which calls this module
+    distributed type. Several (on one node or over nodes): the strategy's layout (a strategy kept from the YAML:
+    the data-parallel one, as on GPUs), `use_cpu: false`, so torchrun starts them."""
+    # imported here: accelerate_config imports the policy, which calls this module
+    from .accelerate_config import KEPT_STRATEGY_LAYOUT, load_accelerate_config
 
     sources = [configs_dir / "bf16.yaml"]
     values = load_accelerate_config(sources[0])
     values["mixed_precision"] = decision.accelerate_precision
     world_size = decision.processes_per_node * topology.num_machines
     if world_size > 1:
-        strategy = decision.strategy.strategy
-        sources.append(configs_dir / strategy.accelerate_layout)
+        choice = decision.strategy
+        sources.append(
+            configs_dir / (KEPT_STRATEGY_LAYOUT if choice.kept_from_yaml else choice.strategy.accelerate_layout)
+        )
         layout = load_accelerate_config(sources[1])
         values.update({key: value for key, value in layout.items() if key != "mixed_precision"})
     values["num_processes"] = world_size

@@ -12,6 +12,9 @@ of `set_state_dict_type`). A stopped run skips the final save and keeps its shar
 
 from __future__ import annotations
 
+import functools
+import os
+
 from transformers import TrainerCallback
 
 
@@ -23,3 +26,40 @@ class SaveTheFinalModelWhole(TrainerCallback):
         shared = AcceleratorState._shared_state
         if shared.get("distributed_type") == DistributedType.FSDP and shared.get("fsdp_plugin") is not None:
             shared["fsdp_plugin"].set_state_dict_type("FULL_STATE_DICT")
+
+
+def let_fsdp2_resume_its_sharded_optimizer() -> None:
+    """Patches `load_fsdp_optimizer` where Transformers' Trainer and Accelerate's Accelerator call it. Accelerate
+    1.11 saves an FSDP2 sharded optimizer with `get_optimizer_state_dict` (keyed by parameter name) but loads it
+    into `optimizer.state_dict()` (keyed by index, and empty before the first step), so the resume read nothing
+    and silently restarted AdamW's moments: the loss left the uninterrupted run's at the first step after the
+    resume (accelerate#3971 reports the same line failing outright on 1.12). The patched load reads into
+    `get_optimizer_state_dict`'s own layout, as torch.distributed.checkpoint documents. Other cases go through."""
+    import accelerate.accelerator
+    import accelerate.utils.fsdp_utils
+    import transformers.trainer
+
+    original = accelerate.utils.fsdp_utils.load_fsdp_optimizer
+    if getattr(original, "resumes_sharded_fsdp2", False):
+        return
+
+    @functools.wraps(original)
+    def load_fsdp_optimizer(fsdp_plugin, accelerator, optimizer, model, input_dir, optimizer_index=0, **kwargs):
+        from torch.distributed.fsdp.fully_sharded_data_parallel import StateDictType
+
+        if fsdp_plugin.fsdp_version != 2 or fsdp_plugin.state_dict_type != StateDictType.SHARDED_STATE_DICT:
+            return original(fsdp_plugin, accelerator, optimizer, model, input_dir, optimizer_index, **kwargs)
+        import torch.distributed.checkpoint as dist_cp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        accelerator.wait_for_everyone()
+        folder = f"{accelerate.utils.fsdp_utils.OPTIMIZER_NAME}_{optimizer_index}"
+        checkpoint = input_dir if folder in input_dir else os.path.join(input_dir, folder)
+        inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper steps only when gradients sync
+        state = {"optimizer": get_optimizer_state_dict(model, inner)}
+        dist_cp.load(state, storage_reader=dist_cp.FileSystemReader(checkpoint))
+        set_optimizer_state_dict(model, inner, state["optimizer"])
+
+    load_fsdp_optimizer.resumes_sharded_fsdp2 = True
+    for module in (accelerate.utils.fsdp_utils, accelerate.accelerator, transformers.trainer):
+        module.load_fsdp_optimizer = load_fsdp_optimizer

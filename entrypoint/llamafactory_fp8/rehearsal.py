@@ -152,7 +152,7 @@ class MeasureRehearsal(TrainerCallback):
                 "num_processes": shared.get("num_processes"),
             },
             "steps_measured": len(measured),
-            "step_s": round(step_s, 4),
+            "step_s": round(step_s, 6),
             "tokens_per_step_per_rank": tokens,
             "tokens_per_s_per_rank": round(tokens / step_s, 1),
             "memory": _peak_memory(),
