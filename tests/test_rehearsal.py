@@ -8,7 +8,13 @@ from llamafactory_fp8.communication import estimate_communication, wire_bytes
 from llamafactory_fp8.rehearsal import rehearsal_accelerate_config
 from llamafactory_fp8.strategies import BY_NAME, DDP, FSDP2, FSDP2_OFFLOAD, ZERO2, ZERO3, ZERO3_OFFLOAD
 
-from .sharded_cells import LORA, finish, probes, start
+from .sharded_cells import (
+    LORA,
+    finish,
+    full_matrix_only_when_asked,  # noqa: F401 (a fixture: slow_sharded cells run where -m names them)
+    probes,
+    start,
+)
 
 B = 8.03e9  # Llama-3.1-8B's parameters
 
@@ -67,7 +73,7 @@ def tiny_model(tmp_path_factory):
 
 REHEARSALS = [
     pytest.param("fsdp2", ("--bf16",), id="fsdp2-bf16-full"),
-    pytest.param("fsdp2", ("--bf16", *LORA), id="fsdp2-bf16-lora"),
+    pytest.param("fsdp2", ("--bf16", *LORA), id="fsdp2-bf16-lora", marks=pytest.mark.slow_sharded),
     pytest.param("deepspeed-zero3", (), id="zero3-fp32-full"),
 ]
 
