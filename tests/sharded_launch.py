@@ -27,7 +27,7 @@ from llamafactory_fp8.inspection import Request
 from llamafactory_fp8.launcher import build_command, format_value, launch
 from llamafactory_fp8.plan import LaunchPlan, plan_run
 from llamafactory_fp8.policy import StrategyChoice
-from llamafactory_fp8.rehearsal import RehearsalRequest, rehearsal_accelerate_config
+from llamafactory_fp8.rehearsal import RehearsalRequest, check_rehearsable, rehearsal_accelerate_config
 from llamafactory_fp8.report import render_block
 from llamafactory_fp8.strategies import BY_NAME
 
@@ -62,6 +62,7 @@ def sharded_cpu_plan(strategy_name: str, processes: int, precision: str, overrid
 def rehearsal_plan(plan: LaunchPlan) -> LaunchPlan:
     """What the lead's `rehearse` renders from the job's plan: its Accelerate config for one process, no
     checkpoints, and the request the trainer's rehearsal reads."""
+    check_rehearsable(plan.decision.strategy.strategy)
     request = RehearsalRequest(
         world_size=plan.decision.processes_per_node * plan.topology.num_machines,
         processes_per_node=plan.decision.processes_per_node,
@@ -85,11 +86,11 @@ def main(argv: list[str]) -> int:
     overrides = tuple(arg for arg in rest if arg not in ("--bf16", "--rehearse"))
     try:
         plan = sharded_cpu_plan(strategy, int(processes), precision, overrides)
+        if "--rehearse" in rest:
+            plan = rehearsal_plan(plan)
     except LaunchError as error:
         print(f"llamafactory-fp8: error: {error}", file=sys.stderr)
         return error.exit_code
-    if "--rehearse" in rest:
-        plan = rehearsal_plan(plan)
     print(render_block(plan), flush=True)
     return launch(plan)
 

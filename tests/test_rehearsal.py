@@ -62,6 +62,13 @@ def test_a_rehearsal_runs_the_jobs_accelerate_config_as_one_process(layout, dist
     assert one.get("fsdp_config") == job.get("fsdp_config")
 
 
+def test_data_parallel_is_refused_in_one_line_before_anything_launches(tmp_path):
+    code, _, stderr = finish(start("ddp", 4, tmp_path / "out", tmp_path / "no-model", "--rehearse"))
+    assert code == 13
+    assert stderr.strip().splitlines()[-1].startswith("llamafactory-fp8: error: data parallel cannot be rehearsed")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from llamafactory_fp8.demo import build_demo_model

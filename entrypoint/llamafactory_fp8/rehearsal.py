@@ -5,7 +5,8 @@ real, and the loss is not (gathered weights are whatever their buffers held). Th
 (rehearsal_measurement.py) measures a few steps and ends the run before LLaMA-Factory's final save, which would
 write that noise as the model. The launcher imports this module to plan a rehearsal, so it imports nothing heavy.
 
-DDP cannot be rehearsed: its backward hits an internal assert on the fake group (issue #20). The launcher runs
+DDP cannot be rehearsed: its backward hits an internal assert on the fake group (c10d/comm.cpp, "expected the hook
+result is either a Tensor or a TensorList found None"), so the planner refuses it. The launcher runs
 the one process with the strategy's config at `num_processes: 1` and sets `save_strategy: "no"`."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from .errors import ConfigInvalid
+from .strategies import DDP, Strategy
 
 if TYPE_CHECKING:
     from .rehearsal_measurement import MeasureRehearsal
@@ -39,6 +43,16 @@ class RehearsalRequest:
     def from_environment(cls, environ=os.environ) -> RehearsalRequest | None:
         raw = environ.get(_REQUEST_ENV)
         return cls(**json.loads(raw)) if raw else None
+
+
+def check_rehearsable(strategy: Strategy) -> None:
+    """One line, before anything launches, for the strategy the fake group cannot drive."""
+    if strategy is DDP:
+        raise ConfigInvalid(
+            "data parallel cannot be rehearsed (its backward asserts on the fake process group) and needs none: "
+            "each rank runs the whole model, so one device's own run is rank 0's; rehearse a sharded strategy "
+            "with --strategy"
+        )
 
 
 def rehearsal_accelerate_config(values: dict) -> dict:
