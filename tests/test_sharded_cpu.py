@@ -149,14 +149,20 @@ def test_several_cpu_processes_get_the_strategys_layout_without_use_cpu_so_torch
         assert deepspeed == [] and "use_cpu=true" in plan.command
 
 
-def test_one_cpu_process_keeps_todays_config(cpu_plan):
+@pytest.mark.parametrize("nodes, distributed_type", [(1, "NO"), (2, "MULTI_CPU")])
+def test_one_data_parallel_process_a_node_keeps_todays_config(cpu_plan, monkeypatch, nodes, distributed_type):
+    """Its faults are tested on this path (tests/test_faults.py); through torchrun a lost node's workers ran on."""
     from llamafactory_fp8 import paths
     from llamafactory_fp8.accelerate_config import render_accelerate_config
 
+    if nodes > 1:
+        monkeypatch.setenv("NNODES", str(nodes))
+        monkeypatch.setenv("NODE_RANK", "1")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     plan = cpu_plan("ddp", 1, "bf16")
     today, _ = render_accelerate_config(plan.decision, plan.topology, paths.accelerate_configs_dir())
     assert dict(plan.accelerate.values) == today
-    assert (today["use_cpu"], today["distributed_type"]) == (True, "NO")
+    assert (today["use_cpu"], today["distributed_type"], today["num_processes"]) == (True, distributed_type, nodes)
 
 
 @pytest.mark.parametrize(
@@ -335,14 +341,14 @@ def test_a_strategy_shards_saves_stops_resumes_and_matches_data_parallel(
     "strategy, label",
     [
         pytest.param("fsdp2", "FSDP2", marks=pytest.mark.slow),
-        # data parallel over nodes: tests/test_multinode_cpu.py, through torchrun too once the planner is wired
+        # data parallel over nodes, one process each: the launcher's own path, as tests/test_multinode_cpu.py
         pytest.param("ddp", "data parallel", marks=[pytest.mark.slow, pytest.mark.slow_sharded]),
     ],
 )
 def test_two_cpu_nodes_train_as_one_group_and_save_the_model_whole(strategy, label, tmp_path, tiny_model):
     """The Indexed Job's topology on localhost: two launchers, one process each, ranks from NNODES,
     JOB_COMPLETION_INDEX and MASTER_ADDR, one output_dir (as on a shared claim), a state folder each (as per pod);
-    torchrun joins them into one gloo group, and FSDP2 shards the model over both."""
+    they train as one gloo group, and FSDP2 (through torchrun) shards the model over both."""
     output_dir, port = tmp_path / "out", free_port()
     nodes = [
         start(
@@ -366,8 +372,9 @@ def test_two_cpu_nodes_train_as_one_group_and_save_the_model_whole(strategy, lab
         assert f"Process rank: {rank}, world size: 2" in stdout + stderr
         assert f"choice      BF16 on cpu, 1 process on each of 2 nodes, {label} (--strategy)" in stdout
         config = (output_dir / f"accelerate_config.node{rank}.yaml").read_text()
-        layout = "FSDP" if strategy == "fsdp2" else "MULTI_GPU"  # torchrun's layouts; each process finds gloo
-        expected = (f"distributed_type: {layout}", f"machine_rank: {rank}", "num_machines: 2", "use_cpu: false")
+        # FSDP2 through torchrun; one data-parallel process a node through the launcher's own path
+        layout, use_cpu = ("FSDP", "false") if strategy == "fsdp2" else ("MULTI_CPU", "true")
+        expected = (f"distributed_type: {layout}", f"machine_rank: {rank}", "num_machines: 2", f"use_cpu: {use_cpu}")
         assert all(line in config for line in expected)
     assert_sharded(strategy, probes(output_dir))
     assert logged_losses(output_dir).keys() == {2, 4, 6, 8, 10}

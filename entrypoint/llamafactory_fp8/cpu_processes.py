@@ -2,10 +2,13 @@
 the Accelerate config, LLaMA-Factory's keys and the environment must say for `accelerate launch` to start them and
 for each strategy to run on them, and which combinations are refused rather than silently changed.
 
-- `accelerate launch` with `use_cpu` starts one process per node and expects MPI to start the others. With the
-  strategy's own layout (`distributed_type` MULTI_GPU or FSDP) and `use_cpu: false` it starts `num_processes`
-  through torchrun, on one node or several; each process finds no GPU and Accelerate gives it MULTI_CPU over gloo,
-  which fsdp_on_cpu.py turns into FSDP for the FSDP2 layouts.
+- `accelerate launch` with `use_cpu` starts one process per node and expects MPI (or the launcher, which names
+  the node's rank) to start the others. With the strategy's own layout (`distributed_type` MULTI_GPU or FSDP)
+  and `use_cpu: false` it starts `num_processes` through torchrun, on one node or several; each process finds no
+  GPU and Accelerate gives it MULTI_CPU over gloo, which fsdp_on_cpu.py turns into FSDP for the FSDP2 layouts.
+- One data-parallel process per node keeps the launcher's own path: its faults (a node lost, a node frozen) are
+  tested there (tests/test_faults.py), and they failed through torchrun, which starts its workers in sessions of
+  their own, so killing a node's process group left them running.
 - DeepSpeed: Accelerate turns it off when `cpu=True` (Transformers' `use_cpu`), and Transformers allows BF16 off a
   GPU only with `use_cpu`, so DeepSpeed runs on the CPU in FP32 with `use_cpu: false`; DeepSpeed's CPU accelerator
   falls back to gloo. Its first run on a machine builds two C++ ops (shared-memory collectives, and CPU Adam for
@@ -42,9 +45,9 @@ def check_cpu_strategy(strategy: Strategy, processes_per_node: int, world_size: 
 
 
 def cpu_accelerate_config(decision: Decision, topology: Topology, configs_dir: Path) -> tuple[dict, tuple[Path, ...]]:
-    """The Accelerate config of a CPU run, and the files it came from. One process in all: `use_cpu` and no
-    distributed type. Several (on one node or over nodes): the strategy's layout (a strategy kept from the YAML:
-    the data-parallel one, as on GPUs), `use_cpu: false`, so torchrun starts them."""
+    """The Accelerate config of a CPU run, and the files it came from. Several processes a node, or a sharded
+    strategy: the strategy's layout (one kept from the YAML: the data-parallel one, as on GPUs) with `use_cpu:
+    false`, so that torchrun starts them. One data-parallel process a node: `use_cpu`, MULTI_CPU over nodes."""
     # imported here: accelerate_config imports the policy, which calls this module
     from .accelerate_config import KEPT_STRATEGY_LAYOUT, load_accelerate_config
 
@@ -52,7 +55,8 @@ def cpu_accelerate_config(decision: Decision, topology: Topology, configs_dir: P
     values = load_accelerate_config(sources[0])
     values["mixed_precision"] = decision.accelerate_precision
     world_size = decision.processes_per_node * topology.num_machines
-    if world_size > 1:
+    torchrun = started_by_torchrun(decision.strategy.strategy, decision.processes_per_node)
+    if torchrun:
         choice = decision.strategy
         sources.append(
             configs_dir / (KEPT_STRATEGY_LAYOUT if choice.kept_from_yaml else choice.strategy.accelerate_layout)
@@ -65,10 +69,14 @@ def cpu_accelerate_config(decision: Decision, topology: Topology, configs_dir: P
     if topology.num_machines > 1:
         values["main_process_ip"] = topology.main_process_ip
         values["main_process_port"] = topology.main_process_port
-    values["use_cpu"] = world_size == 1
-    if world_size == 1:
-        values["distributed_type"] = "NO"
+    values["use_cpu"] = not torchrun
+    if not torchrun:
+        values["distributed_type"] = "MULTI_CPU" if world_size > 1 else "NO"
     return values, tuple(sources)
+
+
+def started_by_torchrun(strategy: Strategy, processes_per_node: int) -> bool:
+    return processes_per_node > 1 or strategy is not DDP
 
 
 def cpu_training_keys(decision: Decision) -> dict[str, object]:
