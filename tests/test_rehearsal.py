@@ -100,6 +100,7 @@ def test_a_rehearsal_runs_rank_0_of_four_alone_and_reports_what_it_measured(stra
         report["tokens_per_step_per_rank"] / report["step_s"], rel=1e-3
     )
     assert report["memory"]["training_peak_rss_gib"] > 0
+    assert report["memory"]["estimate_gib"] is None  # the memory model estimates GPUs only
     (rank0,) = probes(output_dir)  # one process, rank 0 of 4, holding a quarter of every parameter
     assert (rank0["rank"], rank0["world_size"]) == (0, 4)
     assert rank0["local_numel"] == report["parameters"] / 4 == rank0["full_numel"] / 4

@@ -35,6 +35,7 @@ class RehearsalRequest:
     strategy: str
     precision: str
     report: str
+    estimate_gib: float | None = None  # the memory model's per-GPU estimate for the job, shown beside the peak
 
     def environment(self) -> dict[str, str]:
         return {_REQUEST_ENV: json.dumps(asdict(self))}

@@ -89,7 +89,7 @@ class MeasureRehearsal(TrainerCallback):
             "step_s": round(step_s, 6),
             "tokens_per_step_per_rank": tokens,
             "tokens_per_s_per_rank": round(tokens / step_s, 1),
-            "memory": _peak_memory(),
+            "memory": {**_peak_memory(), "estimate_gib": self.request.estimate_gib},
             "parameters": self.parameters,
             "trainable_parameters": self.trainable,
             "communication_estimate": asdict(communication),
