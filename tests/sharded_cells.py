@@ -65,7 +65,9 @@ def probes(output_dir: Path) -> list[dict]:
 
 
 def stop_answer(output_dir: Path) -> dict:
-    return json.loads((Path(str(output_dir) + ".state") / "stop.answer.json").read_text())
+    """The stop's answer, in the run's own folder under the state folder beside output_dir."""
+    (answer,) = Path(f"{output_dir}.state").glob("runs/*/stop.answer.json")
+    return json.loads(answer.read_text())
 
 
 @pytest.fixture(autouse=True)

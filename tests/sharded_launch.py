@@ -23,22 +23,27 @@ from llamafactory_fp8.cpu_processes import (
     cpu_training_keys,
 )
 from llamafactory_fp8.errors import LaunchError
-from llamafactory_fp8.inspection import Request
-from llamafactory_fp8.launcher import build_command, format_value, launch
-from llamafactory_fp8.plan import LaunchPlan, plan_run
-from llamafactory_fp8.policy import StrategyChoice
+from llamafactory_fp8.fit import StrategyChoice, layout
+from llamafactory_fp8.launcher import launch
+from llamafactory_fp8.plan import RANK_MODULE, LaunchPlan, build_command, format_value, plan_run
 from llamafactory_fp8.rehearsal import RehearsalRequest, check_rehearsable, rehearsal_accelerate_config
 from llamafactory_fp8.report import render_block
+from llamafactory_fp8.request import Request
 from llamafactory_fp8.strategies import BY_NAME
-
-TRAINER_MODULE = "llamafactory_fp8.trainer"
 
 
 def sharded_cpu_plan(strategy_name: str, processes: int, precision: str, overrides: tuple[str, ...]) -> LaunchPlan:
     plan = plan_run(Request(overrides=overrides, precision=precision, allow_cpu=True))
     strategy = BY_NAME[strategy_name]
     check_cpu_strategy(strategy, processes, processes * plan.topology.num_machines, plan.decision.precision)
-    decision = replace(plan.decision, processes_per_node=processes, strategy=StrategyChoice(strategy, "flag"))
+    world_size = processes * plan.topology.num_machines
+    decision = replace(
+        plan.decision,
+        processes_per_node=processes,
+        world_size=world_size,
+        strategy=StrategyChoice(strategy=strategy, source="flag"),
+        layout=layout(strategy, world_size),
+    )
     values, sources = cpu_accelerate_config(decision, plan.topology, paths.accelerate_configs_dir())
     if "fsdp_config" in values:  # what configs/accelerate/fsdp2*.yaml say once SaveTheFinalModelWhole is wired
         values["fsdp_config"] = {**values["fsdp_config"], "fsdp_state_dict_type": "SHARDED_STATE_DICT"}
@@ -47,9 +52,9 @@ def sharded_cpu_plan(strategy_name: str, processes: int, precision: str, overrid
     if strategy.deepspeed_config:
         added["deepspeed"] = str(paths.deepspeed_config(strategy.deepspeed_config))
     arguments.update({name: format_value(value) for name, value in added.items()})
-    training_config = plan.command[plan.command.index(TRAINER_MODULE) + 1]
-    command = build_command(plan.accelerate.path, plan.workdir / training_config, arguments)
-    command[command.index(TRAINER_MODULE)] = "tests.sharded_trainer"
+    training_config = plan.command[plan.command.index(RANK_MODULE) + 1]
+    command = list(build_command(plan.accelerate.path, plan.workdir / training_config, arguments))
+    command[command.index(RANK_MODULE)] = "tests.sharded_trainer"
     return replace(
         plan,
         decision=decision,

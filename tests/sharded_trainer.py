@@ -1,9 +1,9 @@
-"""The product's trainer (llamafactory_fp8.trainer) as the sharded CPU tests run it: with the FSDP-on-CPU patch
+"""The product's per-rank entry (llamafactory_fp8.rank) as the sharded CPU tests run it: with the FSDP-on-CPU patch
 installed and the final-save callback of fsdp_checkpoints.py added, which the lead wires into
-`trainer.run_worker`, and a probe callback that writes, per rank, what the
+`rank.run_worker`, and a probe callback that writes, per rank, what the
 strategy really did to the model at the first step (DTensor shards, DeepSpeed's stage and partitions), so a test
 can tell a sharded run from one that silently fell back to DDP. Run as `-m tests.sharded_trainer` in place of
-`-m llamafactory_fp8.trainer`."""
+`-m llamafactory_fp8.rank`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from llamafactory_fp8 import trainer, watcher
+from llamafactory_fp8 import rank, watcher
 
 PROBE_DIR_ENV = "SHARDED_TEST_PROBE_DIR"
 
@@ -75,7 +75,7 @@ def describe(model, optimizer) -> dict:
 
 
 def run_worker_as_wired() -> None:
-    """What the lead wires into `trainer.run_worker`: the two patches, the rehearsal's fake group (before anything
+    """What the lead wires into `rank.run_worker`: the two patches, the rehearsal's fake group (before anything
     builds an Accelerator) and its callback, and the FSDP final-save callback."""
     import llamafactory.train.tuner as tuner
     from llamafactory_fp8.fsdp_checkpoints import SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
@@ -96,7 +96,7 @@ def run_worker_as_wired() -> None:
         return original(callbacks=[*(callbacks or []), *added], **kwargs)
 
     tuner.run_exp = run_exp
-    trainer.run_worker()
+    rank.run_worker()
 
 
 if __name__ == "__main__":

@@ -340,9 +340,9 @@ def test_a_strategy_shards_saves_stops_resumes_and_matches_data_parallel(
 @pytest.mark.parametrize(
     "strategy, label",
     [
-        pytest.param("fsdp2", "FSDP2", marks=pytest.mark.slow),
+        pytest.param("fsdp2", "FSDP2 over 2", marks=pytest.mark.slow),
         # data parallel over nodes, one process each: the launcher's own path, as tests/test_multinode_cpu.py
-        pytest.param("ddp", "data parallel", marks=[pytest.mark.slow, pytest.mark.slow_sharded]),
+        pytest.param("ddp", "data parallel over 2", marks=[pytest.mark.slow, pytest.mark.slow_sharded]),
     ],
 )
 def test_two_cpu_nodes_train_as_one_group_and_save_the_model_whole(strategy, label, tmp_path, tiny_model):
