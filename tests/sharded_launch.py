@@ -45,7 +45,7 @@ def sharded_cpu_plan(strategy_name: str, processes: int, precision: str, overrid
         layout=layout(strategy, world_size),
     )
     values, sources = cpu_accelerate_config(decision, plan.topology, paths.accelerate_configs_dir())
-    if "fsdp_config" in values:  # what configs/accelerate/fsdp2*.yaml say once SaveTheFinalModelWhole is wired
+    if "fsdp_config" in values:  # what configs/accelerate/fsdp2*.yaml say once fsdp_checkpoints.py is wired
         values["fsdp_config"] = {**values["fsdp_config"], "fsdp_state_dict_type": "SHARDED_STATE_DICT"}
     arguments = {key.name: key.argument for key in plan.training_keys if key.argument is not None}
     added = cpu_training_keys(decision)

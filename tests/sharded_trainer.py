@@ -78,13 +78,17 @@ def run_worker_as_wired() -> None:
     """What the lead wires into `rank.run_worker`: the two patches, the rehearsal's fake group (before anything
     builds an Accelerator) and its callback, and the FSDP final-save callback."""
     import llamafactory.train.tuner as tuner
-    from llamafactory_fp8.fsdp_checkpoints import SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
+    from llamafactory_fp8.fsdp_checkpoints import (
+        NameTheAdapter,
+        SaveTheFinalModelWhole,
+        let_fsdp2_resume_its_sharded_optimizer,
+    )
     from llamafactory_fp8.fsdp_on_cpu import let_fsdp_run_on_cpu_processes
     from llamafactory_fp8.rehearsal import rehearse_from_environment
 
     let_fsdp_run_on_cpu_processes()
     let_fsdp2_resume_its_sharded_optimizer()
-    added = [SaveTheFinalModelWhole()]
+    added = [NameTheAdapter(), SaveTheFinalModelWhole()]
     rehearsal = rehearse_from_environment()
     if rehearsal is not None:
         added.append(rehearsal)
@@ -93,7 +97,7 @@ def run_worker_as_wired() -> None:
     original = tuner.run_exp
 
     def run_exp(callbacks=None, **kwargs):
-        return original(callbacks=[*(callbacks or []), *added], **kwargs)
+        return original(callbacks=[*added, *(callbacks or [])], **kwargs)  # before the stop's on_save
 
     tuner.run_exp = run_exp
     rank.run_worker()

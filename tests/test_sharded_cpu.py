@@ -245,8 +245,9 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def checkpoint_shards(strategy: str, checkpoint: Path) -> list[str]:
     """The files that hold each rank's own share of the checkpoint, in the strategy's format."""
-    if strategy.startswith("fsdp2"):  # torch.distributed.checkpoint, one file a rank (SHARDED_STATE_DICT)
-        return sorted(path.name for path in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+    if strategy.startswith("fsdp2"):  # torch.distributed.checkpoint, one file a rank, and a LoRA adapter's config
+        shards = sorted(path.name for path in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+        return shards + [path.name for path in checkpoint.glob("adapter_*")]
     if strategy.startswith("deepspeed"):  # each rank's ZeRO partition of the optimizer (and, for ZeRO-3, weights)
         return sorted(path.name for path in checkpoint.glob("global_step*/zero_pp_rank_*_optim_states.pt"))
     return sorted(path.name for path in checkpoint.glob("*.safetensors"))  # data parallel: rank 0 writes it whole
@@ -255,9 +256,15 @@ def checkpoint_shards(strategy: str, checkpoint: Path) -> list[str]:
 EXPECTED_SHARDS = {
     "ddp-full": ["model.safetensors"],
     "ddp-lora": ["adapter_model.safetensors"],
-    "fsdp2": ["__0_0.distcp", "__1_0.distcp"],
+    "fsdp2-full": ["__0_0.distcp", "__1_0.distcp"],
+    "fsdp2-lora": ["__0_0.distcp", "__1_0.distcp", "adapter_config.json"],
     "deepspeed": ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"],
 }
+
+
+def expected_shards(strategy: str, finetuning: str) -> list[str]:
+    family = strategy.split("-")[0]
+    return EXPECTED_SHARDS[family if family == "deepspeed" else f"{family}-{finetuning}"]
 
 
 def assert_sharded(strategy: str, records: list[dict]) -> None:
@@ -319,10 +326,7 @@ def test_a_strategy_shards_saves_stops_resumes_and_matches_data_parallel(
     stopped_at = stop_answer(output_dir)["step"]
     assert 0 < stopped_at < STEPS - 2
     checkpoint = output_dir / f"checkpoint-{stopped_at}"
-    assert (
-        checkpoint_shards(strategy, checkpoint)
-        == EXPECTED_SHARDS[f"ddp-{finetuning}" if strategy == "ddp" else strategy.split("-")[0]]
-    )
+    assert checkpoint_shards(strategy, checkpoint) == expected_shards(strategy, finetuning)
     assert not list(output_dir.glob("*.safetensors"))  # no final model from a half-trained run
 
     code, stdout, stderr = finish(start(strategy, 2, output_dir, tiny_model, *args))

@@ -1,14 +1,18 @@
-"""FSDP2 checkpoints sharded, the final model whole.
+"""FSDP2 checkpoints sharded, the final model whole, and the sharded optimizer resumed.
 
 Checkpoints (`fsdp_state_dict_type: SHARDED_STATE_DICT` in configs/accelerate/fsdp2*.yaml): each rank writes its
-own shard of the weights and optimizer states through torch.distributed.checkpoint, in parallel, and the resume
-reads them back, resharded if the world size changed. FULL_STATE_DICT instead gathers every checkpoint's weights
-and optimizer states on rank 0's CPU (an 8B full fine-tune: ~96 GB; a 70B: ~840 GB) and writes the weights twice.
+own shard of the weights (a LoRA run: of its adapter) and optimizer states through torch.distributed.checkpoint, in
+parallel, and the resume reads them back, resharded if the world size changed. FULL_STATE_DICT instead gathers
+every checkpoint's weights and optimizer states on rank 0's CPU (an 8B full fine-tune: ~96 GB; a 70B: ~840 GB) and
+writes the weights twice; and under FSDP2 Accelerate 1.11 reloads a LoRA adapter so gathered on rank 0 only, so the
+other ranks resumed with their adapter shards as initialised (measured: the loss left the uninterrupted run's).
 
 The final model must be whole: with SHARDED_STATE_DICT Transformers' `save_model` writes no weights at all, so the
 `output_dir` that LLaMA-Factory's final save fills, and that users load with `from_pretrained`, would hold none.
-The callback below switches to FULL_STATE_DICT when training ends, before that save (Accelerate's documented use
-of `set_state_dict_type`). A stopped run skips the final save and keeps its sharded checkpoint."""
+SaveTheFinalModelWhole switches to FULL_STATE_DICT when training ends, before that save (Accelerate's documented
+use of `set_state_dict_type`). A stopped run skips the final save and keeps its sharded checkpoint. A sharded LoRA
+checkpoint holds no `adapter_config.json` of its own, which the resume reads to check the run matches it:
+NameTheAdapter writes it beside the shards."""
 
 from __future__ import annotations
 
@@ -26,6 +30,26 @@ class SaveTheFinalModelWhole(TrainerCallback):
         shared = AcceleratorState._shared_state
         if shared.get("distributed_type") == DistributedType.FSDP and shared.get("fsdp_plugin") is not None:
             shared["fsdp_plugin"].set_state_dict_type("FULL_STATE_DICT")
+
+
+class NameTheAdapter(TrainerCallback):
+    """Must run before CheckpointAndStopOnRequest, whose `on_save` ends the process on a stop."""
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
+        from torch.distributed.fsdp.fully_sharded_data_parallel import StateDictType
+
+        plugin = AcceleratorState._shared_state.get("fsdp_plugin")
+        sharded = (
+            AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP
+            and plugin is not None
+            and plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+        )
+        configs = getattr(model, "peft_config", None)
+        if sharded and configs and state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            configs[model.active_adapter].save_pretrained(checkpoint)
 
 
 def let_fsdp2_resume_its_sharded_optimizer() -> None:
