@@ -1,5 +1,6 @@
-"""Running the sharded CPU launches the tests share: tests/sharded_launch.py in the background, waiting for it, and
-reading what it left (losses, the stop's answer, the per-rank sharding probe)."""
+"""Running the sharded CPU launches the tests share: the real launcher in the background (`train --allow-cpu
+--strategy S --processes N`, or `rehearse`), waiting for it, and reading what it left (losses, the stop's answer, the
+per-rank sharding probe that tests/sharded_trainer.py adds to every rank)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,28 @@ LORA = ("finetuning_type=lora", "lora_target=all", "lora_rank=8")
 
 
 def start(strategy: str, processes: int, output_dir: Path, model: Path, *args: str, **env: str) -> subprocess.Popen:
-    """The launcher for `strategy` over `processes` CPU processes on the demo, its state and the probe beside
-    output_dir unless `env` says otherwise."""
-    beside = {"LLAMAFACTORY_FP8_STATE_DIR": f"{output_dir}.state", PROBE_DIR_ENV: f"{output_dir}.probe"}
+    """The launcher for `strategy` over `processes` CPU processes on the demo (`--rehearse` among `args`: its
+    rehearsal), its state and the probe beside output_dir unless `env` says otherwise."""
+    beside = {
+        "LLAMAFACTORY_FP8_STATE_DIR": f"{output_dir}.state",
+        PROBE_DIR_ENV: f"{output_dir}.probe",
+        "LLAMAFACTORY_FP8_CALLBACKS": "tests.sharded_trainer:probe_from_environment",
+    }
+    command = "rehearse" if "--rehearse" in args else "train"
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tests.sharded_launch",
+            "llamafactory_fp8",
+            command,
+            "--allow-cpu",
+            "--strategy",
             strategy,
+            "--processes",
             str(processes),
             f"output_dir={output_dir}",
             f"model_name_or_path={model}",
-            *args,
+            *(arg for arg in args if arg != "--rehearse"),
         ],
         cwd=ROOT,
         env=cli_env("no-gpu", **{**beside, **env}),

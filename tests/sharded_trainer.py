@@ -1,18 +1,12 @@
-"""The product's per-rank entry (llamafactory_fp8.rank) as the sharded CPU tests run it: with the FSDP-on-CPU patch
-installed and the final-save callback of fsdp_checkpoints.py added, which the lead wires into
-`rank.run_worker`, and a probe callback that writes, per rank, what the
-strategy really did to the model at the first step (DTensor shards, DeepSpeed's stage and partitions), so a test
-can tell a sharded run from one that silently fell back to DDP. Run as `-m tests.sharded_trainer` in place of
-`-m llamafactory_fp8.rank`."""
+"""A probe the sharded CPU tests add to every rank of a real run (through LLAMAFACTORY_FP8_CALLBACKS): it writes, per
+rank, what the strategy really did to the model at the first step (DTensor shards, DeepSpeed's stage and
+partitions), so a test can tell a sharded run from one that silently fell back to data parallel."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-
-from llamafactory_fp8 import rank, watcher
 
 PROBE_DIR_ENV = "SHARDED_TEST_PROBE_DIR"
 
@@ -74,37 +68,6 @@ def describe(model, optimizer) -> dict:
     return record
 
 
-def run_worker_as_wired() -> None:
-    """What the lead wires into `rank.run_worker`: the two patches, the rehearsal's fake group (before anything
-    builds an Accelerator) and its callback, and the FSDP final-save callback."""
-    import llamafactory.train.tuner as tuner
-    from llamafactory_fp8.fsdp_checkpoints import (
-        NameTheAdapter,
-        SaveTheFinalModelWhole,
-        let_fsdp2_resume_its_sharded_optimizer,
-    )
-    from llamafactory_fp8.fsdp_on_cpu import let_fsdp_run_on_cpu_processes
-    from llamafactory_fp8.rehearsal import rehearse_from_environment
-
-    let_fsdp_run_on_cpu_processes()
-    let_fsdp2_resume_its_sharded_optimizer()
-    added = [NameTheAdapter(), SaveTheFinalModelWhole()]
-    rehearsal = rehearse_from_environment()
-    if rehearsal is not None:
-        added.append(rehearsal)
-    if os.environ.get(PROBE_DIR_ENV):
-        added.append(probe_callback(Path(os.environ[PROBE_DIR_ENV])))
-    original = tuner.run_exp
-
-    def run_exp(callbacks=None, **kwargs):
-        return original(callbacks=[*added, *(callbacks or [])], **kwargs)  # before the stop's on_save
-
-    tuner.run_exp = run_exp
-    rank.run_worker()
-
-
-if __name__ == "__main__":
-    if watcher.is_worker():
-        run_worker_as_wired()
-    else:
-        raise SystemExit(watcher.watch([sys.executable, "-m", "tests.sharded_trainer", *sys.argv[1:]]))
+def probe_from_environment():
+    """The probe, for LLAMAFACTORY_FP8_CALLBACKS: every rank of the real launcher's run adds it."""
+    return probe_callback(Path(os.environ[PROBE_DIR_ENV]))

@@ -66,7 +66,7 @@ def test_data_parallel_is_refused_in_one_line_before_anything_launches(tmp_path)
     code, _, stderr = finish(start("ddp", 4, tmp_path / "out", tmp_path / "no-model", "--rehearse"))
     assert code == 13
     assert stderr.strip().splitlines()[-1].startswith("llamafactory-fp8: error: data parallel cannot be rehearsed")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.rehearsal").exists()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,8 @@ def test_a_rehearsal_runs_rank_0_of_four_alone_and_reports_what_it_measured(stra
     output_dir = tmp_path / "out"
     code, _, stderr = finish(start(strategy, 4, output_dir, tiny_model, "--rehearse", "max_steps=6", *args))
     assert code == 0, stderr[-3000:]
-    report = json.loads((output_dir / "rehearsal.json").read_text())
+    rehearsal_dir = output_dir.with_name("out.rehearsal")  # a folder of its own, beside the job's
+    report = json.loads((rehearsal_dir / "rehearsal.json").read_text())
     assert (report["world_size"], report["strategy"]) == (4, strategy)
     assert report["accelerate"]["num_processes"] == 4  # the fake group's size reached Accelerate
     assert report["steps_measured"] == 5 and report["step_s"] > 0
@@ -114,5 +115,5 @@ def test_a_rehearsal_runs_rank_0_of_four_alone_and_reports_what_it_measured(stra
         *wire_bytes(strategy_record, report["precision"]),
     )
     assert report["communication_estimate"]["network_bytes_per_step"] == pytest.approx(expected.network_bytes_per_step)
-    assert not list(output_dir.glob("*.safetensors"))  # the noise the fake group trained is never saved
-    assert not list(output_dir.glob("checkpoint-*"))
+    assert not list(rehearsal_dir.glob("*.safetensors"))  # the noise the fake group trained is never saved
+    assert not list(rehearsal_dir.glob("checkpoint-*")) and not output_dir.exists()

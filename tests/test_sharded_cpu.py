@@ -1,5 +1,5 @@
 """Sharded strategies executed on CPU processes, through the real launcher, Accelerate and LLaMA-Factory
-(tests/sharded_launch.py until the planner is wired): how the processes are started, what is refused, every strategy
+(`train --allow-cpu --strategy S --processes N`): how the processes are started, what is refused, every strategy
 trained, sharded, stopped and resumed against data parallel, and FSDP2 over two nodes. FSDP2 needs the patch in
 fsdp_on_cpu.py."""
 
@@ -110,14 +110,22 @@ def test_a_sharded_fsdp2_optimizer_is_restored_on_resume_only_with_the_patch(mod
 
 @pytest.fixture
 def cpu_plan(nvml_profile, tmp_path, monkeypatch):
-    """The plan tests/sharded_launch.py runs: the demo's, for a strategy over CPU processes."""
-    from .sharded_launch import sharded_cpu_plan
+    """The demo's plan for a strategy over CPU processes, as `train --allow-cpu --strategy S --processes N` makes it."""
+    from llamafactory_fp8.plan import plan_run
+    from llamafactory_fp8.request import Request
 
     nvml_profile("no-gpu")
     monkeypatch.setenv("LLAMAFACTORY_FP8_STATE_DIR", str(tmp_path / "state"))
 
     def plan(strategy: str, processes: int, precision: str = "auto", *overrides: str):
-        return sharded_cpu_plan(strategy, processes, precision, (f"output_dir={tmp_path / 'out'}", *overrides))
+        request = Request(
+            overrides=(f"output_dir={tmp_path / 'out'}", *overrides),
+            precision=precision,
+            allow_cpu=True,
+            strategy=strategy,
+            processes=processes,
+        )
+        return plan_run(request)
 
     return plan
 

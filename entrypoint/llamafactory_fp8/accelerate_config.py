@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from .cpu_processes import started_by_torchrun
 from .errors import AccelerateConfigInvalid
 from .policy import Decision
 from .strategies import DDP
@@ -25,7 +26,10 @@ def render_accelerate_config(
     values = load_accelerate_config(sources[0])
     values["mixed_precision"] = decision.accelerate_precision
     strategy = decision.strategy.strategy
-    layered = decision.device == "cuda" and (strategy is not DDP or decision.world_size > 1)
+    if decision.device == "cpu":  # several processes, or a sharded strategy: torchrun starts them (cpu_processes.py)
+        layered = started_by_torchrun(strategy, decision.processes_per_node)
+    else:
+        layered = strategy is not DDP or decision.world_size > 1
     if layered:
         layout = KEPT_STRATEGY_LAYOUT if decision.strategy.kept_from_yaml else strategy.accelerate_layout
         sources.append(configs_dir / layout)
@@ -40,7 +44,8 @@ def render_accelerate_config(
         values["main_process_ip"] = topology.main_process_ip
         values["main_process_port"] = topology.main_process_port
     if decision.device == "cpu":
-        values["use_cpu"] = True
+        values["use_cpu"] = not layered
+    if decision.device == "cpu" and not layered:
         values["distributed_type"] = "MULTI_CPU" if topology.num_machines > 1 else "NO"
     elif values["distributed_type"] == "NO" and layered:
         values["distributed_type"] = "MULTI_GPU"  # DeepSpeed needs the distributed environment torchrun sets up

@@ -15,7 +15,7 @@ from .plan import plan_run
 from .report import describe_decision, describe_gpus, memory_table, plan_json, render_block, to_json
 from .request import BACKEND_CHOICES, FP8_RECIPE_CHOICES, STRATEGY_CHOICES, Request
 
-COMMANDS = ("train", "inspect")
+COMMANDS = ("train", "rehearse", "inspect")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true", help="print what would run, then stop")
     train.add_argument("--json", action="store_true", help="print the plan as JSON instead of the block")
     train.set_defaults(handler=train_command)
+
+    rehearse = commands.add_parser(
+        "rehearse",
+        help="run rank 0 of a job of --processes ranks alone on this node's one GPU (a fake process group): its "
+        "real memory and step time, and the communication the job would add",
+    )
+    rehearse.add_argument("config", nargs="?", type=Path, help="LLaMA-Factory training YAML (default: the demo)")
+    rehearse.add_argument("overrides", nargs="*", metavar="key=value", help="LLaMA-Factory keys that override the YAML")
+    _add_decision_arguments(rehearse)
+    rehearse.add_argument("--dry-run", action="store_true", help="print what would run, then stop")
+    rehearse.add_argument("--json", action="store_true", help="print the plan as JSON instead of the block")
+    rehearse.set_defaults(handler=train_command, rehearsal=True)
 
     inspect = commands.add_parser(
         "inspect", help="show the GPUs, what `train` would choose and why, and the memory per strategy"
@@ -86,6 +98,12 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         help="launch even where nothing is estimated to fit",
     )
     parser.add_argument("--allow-cpu", action="store_true", help="train on the CPU when no GPU is visible")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="training processes on this node (default: one per GPU, one on the CPU); for `rehearse`, the job's",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_check=args.memory_check,
         accelerate_config=getattr(args, "accelerate_config", None),
         restart=getattr(args, "restart", False),
+        processes=args.processes,
+        rehearsal=getattr(args, "rehearsal", False),
     )
     try:
         return args.handler(request, args)

@@ -70,6 +70,13 @@ def _profile(raw: str) -> tuple[int, int, Path]:
     return int(first), int(last), _path(directory)
 
 
+def _factories(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not all(name.count(":") == 1 and all(name.partition(":")[::2]) for name in names):
+        raise ValueError("must name factories as package.module:function, comma-separated")
+    return names
+
+
 @dataclass(frozen=True, kw_only=True)
 class Setting(Generic[T]):
     """One environment variable."""
@@ -192,6 +199,20 @@ WORKER = Setting(
     doc="set by a rank's watcher for the trainer it starts",
     set_by="launcher",
 )
+CALLBACKS = Setting(
+    name="LLAMAFACTORY_FP8_CALLBACKS",
+    parse=_factories,
+    default=(),
+    doc="TrainerCallbacks of your own for every rank: `package.module:factory`, comma-separated",
+    set_by="user",
+)
+REHEARSAL = Setting(
+    name="LLAMAFACTORY_FP8_REHEARSAL",
+    parse=_text,
+    default=None,
+    doc="the rehearsal a rank runs (rehearsal.RehearsalRequest as JSON): rank 0 of the job alone on a fake group",
+    set_by="launcher",
+)
 PROFILE = Setting(
     name="LLAMAFACTORY_FP8_PROFILE",
     parse=_profile,
@@ -218,6 +239,8 @@ SETTINGS = (
     STOP_REQUEST,
     STOP_ANSWER,
     WORKER,
+    CALLBACKS,
+    REHEARSAL,
     PROFILE,
 )
 

@@ -103,6 +103,8 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     key_warnings = _check_keys(training, environ)
     topology = read_topology(environ)
     output_dir = workdir / training.output_dir
+    if request.rehearsal:  # a folder of its own: it saves no model, and must not mark the real run's as done
+        output_dir = output_dir.with_name(f"{output_dir.name}.rehearsal")
     check_writable(output_dir, "output_dir")
     run_folder = run_dir(output_dir, topology.node_suffix, environ)
     check_writable(run_folder, f"the state folder ({contract.STATE_DIR.name})")
@@ -118,13 +120,15 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     run_record = record_path(output_dir, topology)
     record = read_record(RunRecord, run_record)
     set_aside = _set_aside(output_dir, request.restart)
-    finished = finished_run(output_dir, record)
+    finished = None if request.rehearsal else finished_run(output_dir, record)
     if finished and set_aside is None and not training.resume_from_checkpoint:
         raise RunFinished(
             f"{output_dir} holds a run that {finished}; running again would resume it past its end: "
             "choose a new output_dir, or pass --restart to move it aside and start over"
         )
-    resume = None if set_aside else plan_resume(output_dir, record, training.resume_from_checkpoint)
+    resume = (
+        None if set_aside or request.rehearsal else plan_resume(output_dir, record, training.resume_from_checkpoint)
+    )
     gpus = read_gpus(environ)
     if uses_demo and not (workdir / training.model / "config.json").is_file():
         model = ModelLookup(training.model, None, "the demo's tiny model, built offline before training")

@@ -5,6 +5,7 @@ Nothing here decides: the plan holds what runs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -93,6 +94,8 @@ def _run_plan(plan: LaunchPlan) -> int:
         line = f"llamafactory-fp8: {words} (exit {exit_code})"
         killed = exit_code > 128  # its progress bar is left mid-line: the launcher's line starts a new one
         print("\n" + line if killed else line, file=sys.stderr, flush=True)
+    elif plan.rehearsal is not None:
+        print(f"llamafactory-fp8: {describe_rehearsal(Path(plan.rehearsal.report))}", flush=True)
     else:
         print(f"llamafactory-fp8: {describe_finish(read_all(ranks), plan)}", flush=True)
     try:
@@ -164,6 +167,26 @@ def describe_finish(ranks: list[RankProgress], plan: LaunchPlan) -> str:
     if plan.outputs_stay_in_container:
         where += " inside this container: they go with it (mount a volume there to keep them)"
     return "finished: " + ", ".join([*parts, where])
+
+
+def describe_rehearsal(report_path: Path) -> str:
+    """The closing line of a rehearsal: rank 0's measured memory beside the estimate, its step, and the
+    communication the job would add (an estimate: the fake group sends nothing)."""
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return f"rehearsal ended without its report ({report_path})"
+    memory = report["memory"]
+    peak = memory.get("peak_allocated_gib", memory.get("training_peak_rss_gib"))
+    kind = "GPU memory allocated" if "peak_allocated_gib" in memory else "resident memory (CPU)"
+    estimate = f" (estimated {memory['estimate_gib']:.1f})" if memory.get("estimate_gib") else ""
+    sent = report["communication_estimate"]["network_bytes_per_step"] / 1e9
+    return (
+        f"rehearsed rank 0 of {report['world_size']} ({report['strategy']}, {report['precision']}): peak {kind} "
+        f"{peak:.1f} GiB{estimate}, {report['step_s']:.2f} s a step without communication, "
+        f"{report['tokens_per_s_per_rank']:,.0f} tokens/s per rank; the job would add ~{sent:.1f} GB a step per rank "
+        f"over the network (an estimate); report in {report_path}"
+    )
 
 
 def describe_stop(answer: StopAnswer) -> str:

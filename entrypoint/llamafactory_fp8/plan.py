@@ -11,16 +11,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, contract, paths
 from .accelerate_config import check_user_config_matches, render_accelerate_config
+from .cpu_processes import cpu_environment, started_by_torchrun
+from .errors import ConfigInvalid
 from .gpus import GpuInventory
 from .inspection import Inspection, inspect_run
 from .model_facts import ModelLookup
 from .policy import Decision, decide
 from .precedence import Source
+from .rehearsal import RehearsalRequest, check_rehearsable, rehearsal_accelerate_config
 from .request import Request
 from .resume import Resume
 from .run_info import ranks_dir, state_path
@@ -111,6 +114,8 @@ class LaunchPlan:
     """Where the demo's tiny model will be built first, when it is missing."""
     installed_strategies: frozenset[str]
     """The strategies this environment could run."""
+    rehearsal: RehearsalRequest | None = None
+    """`rehearse`: rank 0 of the planned job, alone on this node's one device; None for a real run."""
 
     @property
     def replaced(self) -> tuple[TrainingKey, ...]:
@@ -125,6 +130,9 @@ def make_plan(inspection: Inspection) -> LaunchPlan:
     decision = decide(inspection)
     keys = final_training_keys(inspection, decision)
     accelerate = _accelerate_config(inspection, decision)
+    rehearsal = _rehearsal(inspection, decision)
+    if rehearsal is not None:
+        accelerate = replace(accelerate, values=rehearsal_accelerate_config(dict(accelerate.values)))
     arguments = {key.name: key.argument for key in keys if key.argument is not None}
     demo_missing = inspection.uses_demo and inspection.model.facts is None
     state_file = state_path(inspection.run_folder)
@@ -141,7 +149,10 @@ def make_plan(inspection: Inspection) -> LaunchPlan:
         training_keys=keys,
         accelerate=accelerate,
         command=build_command(accelerate.path, inspection.resolve(inspection.training.path), arguments),
-        environment=rank_environment(inspection.topology, decision, progress, timeout_s),
+        environment={
+            **rank_environment(inspection.topology, decision, progress, timeout_s),
+            **(rehearsal.environment() if rehearsal else {}),
+        },
         workdir=inspection.workdir,
         output_dir=inspection.output_dir,
         set_aside=inspection.set_aside,
@@ -154,6 +165,32 @@ def make_plan(inspection: Inspection) -> LaunchPlan:
         progress_dir=progress,
         demo_model=inspection.resolve(inspection.training.model) if demo_missing else None,
         installed_strategies=inspection.installed_strategies,
+        rehearsal=rehearsal,
+    )
+
+
+def _rehearsal_keys(inspection: Inspection) -> dict[str, object]:
+    """A rehearsal trains noise (its collectives carry nothing): it saves nothing, into a folder of its own."""
+    if not inspection.request.rehearsal:
+        return {}
+    return {"save_strategy": "no", "output_dir": str(inspection.output_dir), "overwrite_output_dir": True}
+
+
+def _rehearsal(inspection: Inspection, decision: Decision) -> RehearsalRequest | None:
+    if not inspection.request.rehearsal:
+        return None
+    check_rehearsable(decision.strategy.strategy)
+    if inspection.request.accelerate_config is not None:
+        raise ConfigInvalid(
+            "rehearse renders its own Accelerate config (one process of the job's): drop --accelerate-config"
+        )
+    return RehearsalRequest(
+        world_size=decision.world_size,
+        processes_per_node=decision.processes_per_node,
+        strategy=decision.strategy.strategy.name,
+        precision=decision.precision,
+        report=str(inspection.output_dir / "rehearsal.json"),
+        estimate_gib=decision.memory.allocator_gib if decision.memory else None,
     )
 
 
@@ -178,7 +215,9 @@ def rank_environment(topology: Topology, decision: Decision, progress: Path, tim
     }
     if decision.fp8_recipe is not None:
         env[contract.FP8_RECIPE.name] = decision.fp8_recipe
-    if decision.device == "cpu" and topology.num_machines > 1:
+    if decision.device == "cpu" and started_by_torchrun(decision.strategy.strategy, decision.processes_per_node):
+        env.update(cpu_environment(decision.processes_per_node))
+    elif decision.device == "cpu" and topology.num_machines > 1:
         env.update(RANK=str(topology.machine_rank), WORLD_SIZE=str(topology.num_machines), LOCAL_RANK="0")
     return env
 
@@ -203,6 +242,7 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
         ("flag" if decision.precision_source == "flag" else "auto", decision.precision_keys()),
         ("flag" if decision.strategy.source == "flag" else "auto", _strategy_keys(inspection, decision)),
         ("resume", inspection.resume.training_keys if inspection.resume else {}),
+        ("auto", _rehearsal_keys(inspection)),
     ]
     final: dict[str, tuple[object, Source]] = {}
     for source, values in layers:
@@ -253,7 +293,7 @@ def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, obje
     """LLaMA-Factory's `deepspeed` for a DeepSpeed strategy the launcher chose; the YAML's own strategy keys
     switched off where a flag chose another one."""
     choice = decision.strategy
-    if choice.kept_from_yaml or decision.device == "cpu":
+    if choice.kept_from_yaml:
         return {}
     keys: dict[str, object] = {}
     if choice.source == "flag":

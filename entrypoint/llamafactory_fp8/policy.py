@@ -15,6 +15,7 @@ from typing import Literal
 from . import memory
 from .backends import BY_NAME as BACKENDS
 from .backends import FP8_BACKENDS, FP8Backend
+from .cpu_processes import check_cpu_strategy
 from .errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
 from .fp8_recipe import RECIPES
@@ -22,6 +23,7 @@ from .gpus import GpuInventory
 from .inspection import Inspection
 from .memory import MemoryEstimate
 from .precedence import Source, precedence
+from .request import Request
 from .strategies import BY_NAME as STRATEGIES_BY_NAME
 from .strategies import DDP
 from .training_config import FP8_CAPABLE_STAGES, TrainingConfig
@@ -84,7 +86,8 @@ class Decision:
             return dict(self.backend.training_keys)
         keys: dict[str, object] = {"fp8": False, "bf16": self.precision == "bf16", "fp16": self.precision == "fp16"}
         if self.device == "cpu":
-            keys["use_cpu"] = True  # Transformers refuses bf16 off-GPU without it
+            # Transformers refuses bf16 off-GPU without it; Accelerate turns DeepSpeed off under it (FP32 only)
+            keys["use_cpu"] = not self.strategy.strategy.uses_deepspeed
         return keys
 
 
@@ -105,7 +108,7 @@ def decide(inspection: Inspection) -> Decision:
             "the patched LLaMA-Factory then fails the run"
         )
     mig = any(gpu.is_mig_slice for gpu in gpus.gpus)
-    processes = 1 if mig else gpus.count
+    processes = _processes(inspection.request, 1 if mig else gpus.count)
     world = processes * inspection.topology.num_machines
     reasons.extend(gpus.notes)
     capacity = Capacity(
@@ -131,6 +134,20 @@ def decide(inspection: Inspection) -> Decision:
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
+
+
+def _processes(request: Request, available: int) -> int:
+    """--processes, or one per GPU; more than the GPUs here only to rehearse rank 0 of a larger job."""
+    if request.processes is None:
+        return available
+    if request.processes < 1:
+        raise ConfigInvalid(f"--processes must be 1 or more, got {request.processes}")
+    if request.processes > available and not request.rehearsal:
+        raise ConfigInvalid(
+            f"--processes {request.processes} needs as many GPUs and this node has {available}: "
+            "`llamafactory-fp8 rehearse` runs rank 0 of such a job on one"
+        )
+    return request.processes
 
 
 def _decision(
@@ -315,7 +332,14 @@ def _cpu_decision(inspection: Inspection, reasons: list[str]) -> Decision:
     precision = "bf16" if request.precision == "bf16" else "fp32"
     reasons.append(f"CPU training in {precision.upper()} (--allow-cpu; {why})")
     source: Source = "flag" if request.precision == "bf16" else "auto"
-    world = inspection.topology.num_machines  # one process on each node
-    choice = StrategyChoice(strategy=DDP, source="auto")
-    fitted = Fit(choice=choice, estimate=None, table=(), layout=layout(DDP, world), reasons=(), warnings=(), tips=())
-    return _decision(precision, source, None, None, "cpu", 1, world, fitted, None, inspection, reasons, [])
+    processes = 1 if request.processes is None else request.processes
+    world = processes * inspection.topology.num_machines
+    choice = _given_strategy(inspection) or StrategyChoice(strategy=DDP, source="auto")
+    check_cpu_strategy(choice.strategy, processes, world, precision)
+    if choice.source != "auto":
+        where = "--strategy" if choice.source == "flag" else f"the training YAML ({choice.kept_from_yaml})"
+        reasons.append(f"{choice.strategy.label} from {where}, over {world} CPU processes")
+    fitted = Fit(
+        choice=choice, estimate=None, table=(), layout=layout(choice.strategy, world), reasons=(), warnings=(), tips=()
+    )
+    return _decision(precision, source, None, None, "cpu", processes, world, fitted, None, inspection, reasons, [])

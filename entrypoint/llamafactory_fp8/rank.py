@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import faulthandler
 
-from . import watcher
+from . import contract, watcher
 from .progress import DISK_FULL, FAILED, FINISHED, LOST_PEER, STOPPED, reporter_from_environment
 
 # How gloo and NCCL word a peer that died (its connection drops) or froze (the collective times out)
@@ -44,10 +44,16 @@ def run_worker() -> None:
     runtime_patches.quiet_known_noise()  # before the imports below load torch, torchao and Transformers
     from . import causal_attention, fp8_recipe
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
+    from .fsdp_checkpoints import NameTheAdapter, SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
+    from .fsdp_on_cpu import let_fsdp_run_on_cpu_processes
+    from .rehearsal import rehearse_from_environment
     from .step_profiler import profiler_from_environment
     from .stop_request import StopFiles
 
+    rehearsal = rehearse_from_environment()  # joins the fake process group before anything builds an Accelerator
     runtime_patches.let_accelerate_find_te_fp8()
+    let_fsdp_run_on_cpu_processes()
+    let_fsdp2_resume_its_sharded_optimizer()
     fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
     causal_attention.install()
     runtime_patches.let_torch_load_cpu_rank_tensors()
@@ -60,10 +66,11 @@ def run_worker() -> None:
 
     files = StopFiles.from_environment()
     stop = CheckpointAndStopOnRequest(files) if files else None
-    callbacks = [causal_attention.KeepMaskUnlessRightPadded()]
-    callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop)) if callback]
+    # the adapter's config is written beside a sharded checkpoint before the stop's on_save can end the process
+    callbacks = [causal_attention.KeepMaskUnlessRightPadded(), NameTheAdapter(), SaveTheFinalModelWhole()]
+    callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop), rehearsal) if callback]
     try:
-        run_exp(callbacks=callbacks + profiler_from_environment())
+        run_exp(callbacks=callbacks + users_callbacks() + profiler_from_environment())
     except SystemExit as leaving:
         if reporter is not None:
             reporter.end(STOPPED if leaving.code in (0, None) else f"{FAILED}exit {leaving.code}")
@@ -74,6 +81,18 @@ def run_worker() -> None:
         raise
     if reporter is not None:
         reporter.end(FINISHED)
+
+
+def users_callbacks() -> list:
+    """The TrainerCallbacks named in LLAMAFACTORY_FP8_CALLBACKS (`package.module:factory`, comma-separated): each
+    factory is called with no arguments, in each rank. LLaMA-Factory's YAML has no key for callbacks of one's own."""
+    import importlib
+
+    callbacks = []
+    for name in contract.CALLBACKS.read():
+        module, _, factory = name.partition(":")
+        callbacks.append(getattr(importlib.import_module(module), factory)())
+    return callbacks
 
 
 def main() -> None:

@@ -16,13 +16,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from . import contract
 from .errors import ConfigInvalid
 from .strategies import DDP, Strategy
 
 if TYPE_CHECKING:
     from .rehearsal_measurement import MeasureRehearsal
-
-_REQUEST_ENV = "LLAMAFACTORY_FP8_REHEARSAL"
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,11 @@ class RehearsalRequest:
     estimate_gib: float | None = None  # the memory model's per-GPU estimate for the job, shown beside the peak
 
     def environment(self) -> dict[str, str]:
-        return {_REQUEST_ENV: json.dumps(asdict(self))}
+        return {contract.REHEARSAL.name: json.dumps(asdict(self))}
 
     @classmethod
     def from_environment(cls, environ=os.environ) -> RehearsalRequest | None:
-        raw = environ.get(_REQUEST_ENV)
+        raw = contract.REHEARSAL.read(environ)
         return cls(**json.loads(raw)) if raw else None
 
 

@@ -39,5 +39,10 @@ class Request:
     """False with --no-memory-check: launch even where nothing is estimated to fit."""
     accelerate_config: Path | None = None
     """--accelerate-config: the user's own file, used as is."""
+    processes: int | None = None
+    """--processes: training processes on this node; None: one per visible GPU, one on the CPU. More than this node
+    has GPUs only for a rehearsal."""
+    rehearsal: bool = False
+    """`rehearse`: run rank 0 of the planned job alone on this node's one device (rehearsal.py)."""
     restart: bool = False
     """--restart: move what output_dir holds aside and start over, instead of resuming or refusing."""
