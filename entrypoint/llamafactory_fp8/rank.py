@@ -46,7 +46,7 @@ def run_worker() -> None:
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
     from .fsdp_checkpoints import NameTheAdapter, SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
     from .fsdp_on_cpu import let_fsdp_run_on_cpu_processes
-    from .rehearsal import rehearse_from_environment
+    from .rehearsal_measurement import rehearse_from_environment
     from .step_profiler import profiler_from_environment
     from .stop_request import StopFiles
 

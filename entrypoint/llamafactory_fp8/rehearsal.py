@@ -14,14 +14,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 from . import contract
 from .errors import ConfigInvalid
 from .strategies import DDP, Strategy
-
-if TYPE_CHECKING:
-    from .rehearsal_measurement import MeasureRehearsal
 
 
 @dataclass(frozen=True)
@@ -81,15 +77,3 @@ def join_fake_process_group(world_size: int, processes_per_node: int) -> None:
         MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
     )
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
-
-
-def rehearse_from_environment() -> MeasureRehearsal | None:
-    """In the training process, before LLaMA-Factory starts: where the launcher asked for a rehearsal, join the
-    fake group and return the callback that measures it."""
-    request = RehearsalRequest.from_environment()
-    if request is None:
-        return None
-    from .rehearsal_measurement import MeasureRehearsal
-
-    join_fake_process_group(request.world_size, request.processes_per_node)
-    return MeasureRehearsal(request)

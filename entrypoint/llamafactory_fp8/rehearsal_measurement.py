@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .communication import estimate_communication, wire_bytes
-from .rehearsal import RehearsalRequest
+from .rehearsal import RehearsalRequest, join_fake_process_group
 from .strategies import BY_NAME
 
 
@@ -142,3 +142,13 @@ def _peak_memory() -> dict[str, float]:
         peaks["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / gib, 3)
         peaks["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 3)
     return peaks
+
+
+def rehearse_from_environment() -> MeasureRehearsal | None:
+    """In the training process, before LLaMA-Factory starts: where the launcher asked for a rehearsal, join the
+    fake group and return the callback that measures it."""
+    request = RehearsalRequest.from_environment()
+    if request is None:
+        return None
+    join_fake_process_group(request.world_size, request.processes_per_node)
+    return MeasureRehearsal(request)
