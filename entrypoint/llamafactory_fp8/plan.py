@@ -8,11 +8,14 @@ runs it; none of them works anything out again."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import yaml
 
 from . import __version__, contract, paths
 from .accelerate_config import check_user_config_matches, render_accelerate_config
@@ -228,6 +231,8 @@ def format_value(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str) and yaml.safe_load(value or "''") != value:
+        return json.dumps(value)  # text YAML would read as something else: `no` is false to it, "no" is text
     return str(value)
 
 
