@@ -98,14 +98,19 @@ def test_a_scaling_recipe_hands_torchao_its_config_and_keeps_accelerates_layer_c
     assert ao_recipe.config.round_scales_to_power_of_2 is power_of_2
 
 
-def test_the_default_recipe_leaves_torchao_its_default_config():
-    assert fp8_recipe.RECIPES["lora-base"].float8_config() is None
+def test_every_recipe_hands_accelerate_a_config_since_fsdp2_reads_one():
+    """accelerate#3830: under FSDP2, Accelerate 1.11 reads the config's float8 all-gather switch; None failed."""
+    from torchao.float8 import Float8LinearConfig
+
+    for recipe in (fp8_recipe.DEFAULT, fp8_recipe.RECIPES["lora-base"]):
+        assert recipe.float8_config() == Float8LinearConfig()
 
 
-def test_no_recipe_changes_nothing_and_an_unknown_one_is_refused(restore_trainer):
-    before = restore_trainer._build_accelerator_args
-    assert fp8_recipe.install_from_environment({}) is None
-    assert restore_trainer._build_accelerator_args is before
+def test_no_recipe_installs_torchaos_defaults_and_an_unknown_one_is_refused(restore_trainer, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
+    assert fp8_recipe.install_from_environment({}) is fp8_recipe.DEFAULT
+    ao_recipe = restore_trainer._build_accelerator_args(fake_trainer("fp8"))["kwargs_handlers"][-1]
+    assert ao_recipe.config is not None and ao_recipe.module_filter_func is None  # Accelerate's own layer choice
     with pytest.raises(ValueError, match="lora-base"):
         fp8_recipe.install_from_environment({fp8_recipe.RECIPE_ENV: "nope"})
 

@@ -35,14 +35,15 @@ class Fp8Recipe:
     activation_factor: float | None = None
 
     def float8_config(self):
-        """torchao's Float8LinearConfig for this recipe, or None for torchao's default."""
-        if self.torchao_recipe is None and not self.power_of_2_scales:
-            return None
+        """torchao's Float8LinearConfig for this recipe: always one, since under FSDP2 Accelerate 1.11 reads the
+        config's `enable_fsdp_float8_all_gather` and failed on the None it leaves for torchao's default
+        (accelerate#3830; seen rehearsing on an H100: bench/results/rehearsal-8b/fp8.log). Float8LinearConfig() is
+        what torchao's conversion takes for None."""
         from torchao.float8 import Float8LinearConfig
 
         if self.torchao_recipe is not None:
             return Float8LinearConfig.from_recipe_name(self.torchao_recipe)
-        return Float8LinearConfig(round_scales_to_power_of_2=True)
+        return Float8LinearConfig(round_scales_to_power_of_2=self.power_of_2_scales)
 
 
 def frozen_large_linear(module, fqn: str) -> bool:
@@ -114,8 +115,11 @@ def install(recipe: Fp8Recipe) -> None:
     Trainer._build_accelerator_args = build_accelerator_args
 
 
-def install_from_environment(environ: Mapping[str, str] = os.environ) -> Fp8Recipe | None:
-    recipe = recipe_from_environment(environ)
-    if recipe is not None:
-        install(recipe)
+# What the launcher's plan calls no recipe: torchao's own choices, handed over as a config all the same (above).
+DEFAULT = Fp8Recipe("default", "torchao's tensorwise scaling, all linear layers but the first and last")
+
+
+def install_from_environment(environ: Mapping[str, str] = os.environ) -> Fp8Recipe:
+    recipe = recipe_from_environment(environ) or DEFAULT
+    install(recipe)
     return recipe
