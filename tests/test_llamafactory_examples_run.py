@@ -24,6 +24,10 @@ SHRUNK = (
     "report_to=none",
     "plot_loss=false",
 )
+# The full example names DeepSpeed ZeRO-3 (examples/deepspeed/ds_z3_config.json): on the CPU it needs --processes 2
+# and builds DeepSpeed's C++ ops on its first run (minutes here; tests/test_sharded_cpu.py runs ZeRO-3), so this run
+# takes data parallel instead, as a user would with --strategy ddp.
+FLAGS = {"train_full/qwen3_full_sft.yaml": ("--strategy", "ddp")}
 RUNS = {  # example: what its stage saves
     "train_full/qwen3_full_sft.yaml": "model.safetensors",
     "train_lora/qwen3_lora_sft.yaml": "adapter_model.safetensors",
@@ -50,6 +54,7 @@ def test_the_example_trains_two_steps_as_written(example, tiny_model, tmp_path):
         f"model_name_or_path={tiny_model}",
         f"output_dir={output_dir}",
         *SHRUNK,
+        *FLAGS.get(example, ()),
         cwd=EXAMPLES.parent,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

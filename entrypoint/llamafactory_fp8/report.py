@@ -86,6 +86,12 @@ def render_block(plan: LaunchPlan) -> str:
         rows.append(
             ("replaces", [f"{key.name}: {key.replaces[0]!r} -> {key.value!r} ({key.source})" for key in plan.replaced])
         )
+    if plan.rehearsal:
+        said = (
+            f"rank 0 of {plan.rehearsal.world_size}, alone on a fake process group: its compute and memory are real, "
+            f"its collectives carry nothing; nothing is saved; report in {plan.rehearsal.report}"
+        )
+        rows.append(("rehearsal", [said]))
     if plan.set_aside:
         rows.append(("restart", [f"--restart: the earlier run in {plan.output_dir} moves to {plan.set_aside} first"]))
     if plan.resume:
