@@ -41,3 +41,11 @@ def test_the_module_table_names_every_module_of_the_package():
     modules = {path.name for path in (ROOT / "entrypoint" / "llamafactory_fp8").glob("*.py")}
     assert modules - {"__init__.py", "__main__.py"} <= named
     assert named <= modules, "the table names a module that is gone"
+
+
+def test_the_settings_table_lists_every_setting_a_user_sets():
+    from llamafactory_fp8 import contract
+
+    table = section("## Settings", "## Exit codes")
+    listed = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    assert listed == {setting.name for setting in contract.SETTINGS if setting.set_by == "user"}
