@@ -28,7 +28,7 @@ GIB = 2**30
 # Saved for backward, per token and decoder layer, in bytes per unit of hidden and of MLP width (compiled BF16:
 # norms, attention inputs and outputs, the gated MLP's inputs), and per unit of hidden on top where the residual
 # stream and the norms run in fp32 because LLaMA-Factory upcast the trainable weights (full and freeze tuning).
-# One coefficient for both streams overestimated LoRA's peak by 24% at 8 x 2048 tokens (results/lora-batch8/), enough
+# One coefficient for both streams overestimated LoRA's peak at 8 x 2048 tokens (results/lora-batch8/), enough
 # to send a run that fits one H200 to CPU offload, 2x slower (results/batch8-offloaded/).
 ACTIVATION_BYTES_PER_HIDDEN = 16.5
 ACTIVATION_BYTES_PER_INTERMEDIATE = 6.65
