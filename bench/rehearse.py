@@ -60,7 +60,9 @@ def main() -> int:
         (args.out / f"{precision}.log").write_text(result.stdout + result.stderr)
         report_path = output_dir.with_name(output_dir.name + ".rehearsal") / "rehearsal.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else None
-        (args.out / f"{precision}-rehearsal.json").write_text(json.dumps(report, indent=2))
+        if report is not None:  # beside the results' tables, one level down: bench/results/*/*.json are the bench's
+            (args.out / "reports").mkdir(exist_ok=True)
+            (args.out / "reports" / f"{precision}.json").write_text(json.dumps(report, indent=2))
         rows.append((precision, result.returncode, report))
     print("| precision | exit | peak allocated GiB | estimate GiB (allocator) | step s | tokens/s per rank |")
     print("|---|---|---|---|---|---|")
