@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from .conftest import ROOT, cli_env
 from .sharded_trainer import PROBE_DIR_ENV
 
@@ -78,10 +76,3 @@ def stop_answer(output_dir: Path) -> dict:
     """The stop's answer, in the run's own folder under the state folder beside output_dir."""
     (answer,) = Path(f"{output_dir}.state").glob("runs/*/stop.answer.json")
     return json.loads(answer.read_text())
-
-
-@pytest.fixture(autouse=True)
-def full_matrix_only_when_asked(request):
-    """Cells marked slow_sharded run where `-m` names them (the nightly job); every CI run takes the others."""
-    if request.node.get_closest_marker("slow_sharded") and "slow_sharded" not in (request.config.option.markexpr or ""):
-        pytest.skip("in the full sharded matrix: run with -m slow_sharded")

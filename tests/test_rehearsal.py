@@ -11,7 +11,6 @@ from llamafactory_fp8.strategies import BY_NAME, DDP, FSDP2, FSDP2_OFFLOAD, ZERO
 from .sharded_cells import (
     LORA,
     finish,
-    full_matrix_only_when_asked,  # noqa: F401 (a fixture: slow_sharded cells run where -m names them)
     probes,
     start,
 )

@@ -18,7 +18,6 @@ from .conftest import ROOT
 from .sharded_cells import (
     LORA,
     finish,
-    full_matrix_only_when_asked,  # noqa: F401 (a fixture: slow_sharded cells run where -m names them)
     logged_losses,
     probes,
     start,
