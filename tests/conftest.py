@@ -176,3 +176,11 @@ def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: s
         )
         for rank in (0, 1)
     ]
+
+
+def load_install():
+    """docker/install.py, the installer of the image and the venv: its reader of the lock, its names, its patches."""
+    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ saying why, where no Docker engine can be had (CI starts one through scripts/con
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
-from .conftest import ROOT, SUMMARY
+from .conftest import ROOT, SUMMARY, load_install
 
 IMAGE = "llamafactory-fp8:latest"
 STANDIN = "llamafactory-fp8/ngc-standin:25.12-py3"
@@ -27,15 +26,7 @@ GUARDED = ("torch", "transformer-engine", "flash-attn", "torchao")  # the base's
 pytestmark = pytest.mark.container
 
 
-def _load_install():
-    """docker/install.py, the image's installer: its reader of the lock and its names."""
-    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-INSTALL = _load_install()
+INSTALL = load_install()
 
 
 def docker(*args: str, timeout: float = 300, check: bool = False, **env: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 Accelerate, and text training needs no torchaudio. The same probes run against the pristine release and the patched
 install. The pinned version is the lock's (docker/requirements.lock, from docker/requirements-nodeps.in)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,18 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT
+from .conftest import ROOT, load_install
 
-
-def _load_install():
-    """docker/install.py, which reads the pin from the lock and finds its patches."""
-    spec = importlib.util.spec_from_file_location("install", ROOT / "docker" / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-INSTALL = _load_install()
+INSTALL = load_install()
 VERSION = INSTALL.read_lock(INSTALL.LOCK, ["image"])["llamafactory"][0]
 PATCHES = INSTALL.llamafactory_patches(VERSION)
 
