@@ -3,7 +3,10 @@ rehearse`): a random-weight model of a shape under bench/models, the stdlib corp
 run's closing line and report kept under --out. Prints a table: the measured peak beside the memory model's
 estimate, the step time without communication, tokens/s per rank.
 
-    python bench/rehearse.py --out DIR --shape llama-3.1-8b --layers 8 --world-size 8 --batch 2 [--strategy fsdp2]
+    python bench/rehearse.py --out DIR --shape llama-3.1-8b [--layers 8] --world-size 8 --batches 2,8 \
+        [--strategy fsdp2] [--precisions fp8,bf16] [--fp8-recipe NAME] [--work DIR]
+
+Each run's row is printed as soon as it ends, so a call cut short keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -26,56 +29,66 @@ def main() -> int:
     parser.add_argument("--shape", default="llama-3.1-8b")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--world-size", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batches", default="2", help="micro-batches of 2048 tokens, comma-separated")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--strategy", default="fsdp2")
     parser.add_argument("--precisions", default="bf16,fp8")
+    parser.add_argument("--fp8-recipe", default=None, help="the product's --fp8-recipe for the FP8 runs")
+    parser.add_argument("--work", type=Path, default=None, help="where the model and corpus are built (default: OUT/work)")
     args = parser.parse_args()
-    work = args.out / "work"
+    work = args.work or args.out / "work"
     data = runner.build_corpus(work, 8)
     model = runner.build_model(work, args.shape, args.layers, runner.build_tokenizer(work, data))
-    rows = []
-    for precision in args.precisions.split(","):
-        output_dir = args.out / f"{precision}-out"
-        command = [
-            sys.executable,
-            "-m",
-            "llamafactory_fp8",
-            "rehearse",
-            str(CONFIG),
-            f"--{precision}",
-            "--strategy",
-            args.strategy,
-            "--processes",
-            str(args.world_size),
-            f"model_name_or_path={model}",
-            f"dataset_dir={data}",
-            f"output_dir={output_dir}",
-            f"per_device_train_batch_size={args.batch}",
-            f"max_steps={args.steps}",
-            "torch_compile=true",
-            "disable_gradient_checkpointing=false",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        (args.out / f"{precision}.log").write_text(result.stdout + result.stderr)
-        report_path = output_dir.with_name(output_dir.name + ".rehearsal") / "rehearsal.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
-        if report is not None:  # beside the results' tables, one level down: bench/results/*/*.json are the bench's
-            (args.out / "reports").mkdir(exist_ok=True)
-            (args.out / "reports" / f"{precision}.json").write_text(json.dumps(report, indent=2))
-        rows.append((precision, result.returncode, report))
-    print("| precision | exit | peak allocated GiB | estimate GiB (allocator) | step s | tokens/s per rank |")
-    print("|---|---|---|---|---|---|")
-    for precision, code, report in rows:
-        if report is None:
-            print(f"| {precision} | {code} | | | | |")
-            continue
-        memory = report["memory"]
-        print(
-            f"| {precision} | {code} | {memory.get('peak_allocated_gib')} | {memory.get('estimate_gib')} | "
-            f"{report['step_s']:.3f} | {report['tokens_per_s_per_rank']:,.0f} |"
-        )
+    print("| precision | micro-batch | exit | peak allocated GiB | peak reserved GiB | estimate GiB (allocator) | step s | tokens/s per rank |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in [int(value) for value in args.batches.split(",")]:
+        for precision in args.precisions.split(","):
+            name = f"{precision}-b{batch}"
+            code, report = rehearse(args, model, data, precision, batch, name)
+            if report is None:
+                print(f"| {precision} | {batch} | {code} | | | | | |", flush=True)
+                continue
+            memory = report["memory"]
+            print(
+                f"| {precision} | {batch} | {code} | {memory.get('peak_allocated_gib')} | "
+                f"{memory.get('peak_reserved_gib')} | {memory.get('estimate_gib', 0):.2f} | {report['step_s']:.3f} | "
+                f"{report['tokens_per_s_per_rank']:,.0f} |",
+                flush=True,
+            )
     return 0
+
+
+def rehearse(args, model: Path, data: Path, precision: str, batch: int, name: str) -> tuple[int, dict | None]:
+    """One `llamafactory-fp8 rehearse` run; its log and report kept under --out as NAME.log, reports/NAME.json."""
+    output_dir = args.out / f"{name}-out"
+    command = [
+        sys.executable,
+        "-m",
+        "llamafactory_fp8",
+        "rehearse",
+        str(CONFIG),
+        f"--{precision}",
+        *(["--fp8-recipe", args.fp8_recipe] if args.fp8_recipe and precision == "fp8" else []),
+        "--strategy",
+        args.strategy,
+        "--processes",
+        str(args.world_size),
+        f"model_name_or_path={model}",
+        f"dataset_dir={data}",
+        f"output_dir={output_dir}",
+        f"per_device_train_batch_size={batch}",
+        f"max_steps={args.steps}",
+        "torch_compile=true",
+        "disable_gradient_checkpointing=false",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    (args.out / f"{name}.log").write_text(result.stdout + result.stderr)
+    report_path = output_dir.with_name(output_dir.name + ".rehearsal") / "rehearsal.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    if report is not None:  # beside the results' tables, one level down: bench/results/*/*.json are the bench's
+        (args.out / "reports").mkdir(exist_ok=True)
+        (args.out / "reports" / f"{name}.json").write_text(json.dumps(report, indent=2))
+    return result.returncode, report
 
 
 if __name__ == "__main__":
