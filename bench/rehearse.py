@@ -4,15 +4,18 @@ run's closing line and report kept under --out. Prints a table: the measured pea
 estimate, the step time without communication, tokens/s per rank.
 
     python bench/rehearse.py --out DIR --shape llama-3.1-8b [--layers 8] --world-size 8 --batches 2,8 \
-        [--strategy fsdp2] [--precisions fp8,bf16] [--fp8-recipe NAME] [--work DIR]
+        [--strategy fsdp2] [--precisions fp8,bf16] [--fp8-recipe NAME] [--work DIR] [--profile]
 
-Each run's row is printed as soon as it ends, so a call cut short keeps the rows it finished.
+Each run's row is printed as soon as it ends, so a call cut short keeps the rows it finished. With --profile each
+run instead profiles its last two steps (the product's LLAMAFACTORY_FP8_PROFILE) and ends there, without a report:
+its row gives the profiled wall time per step and the GPU kernels' busy time per step, in reports/NAME.profile.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,17 +37,24 @@ def main() -> int:
     parser.add_argument("--strategy", default="fsdp2")
     parser.add_argument("--precisions", default="bf16,fp8")
     parser.add_argument("--fp8-recipe", default=None, help="the product's --fp8-recipe for the FP8 runs")
-    parser.add_argument("--work", type=Path, default=None, help="where the model and corpus are built (default: OUT/work)")
+    parser.add_argument("--work", type=Path, default=None, help="where the model and corpus are built (OUT/work)")
+    parser.add_argument("--profile", action="store_true", help="profile the last two steps instead of reporting")
     args = parser.parse_args()
     work = args.work or args.out / "work"
     data = runner.build_corpus(work, 8)
     model = runner.build_model(work, args.shape, args.layers, runner.build_tokenizer(work, data))
-    print("| precision | micro-batch | exit | peak allocated GiB | peak reserved GiB | estimate GiB (allocator) | step s | tokens/s per rank |")
+    print(
+        "| precision | micro-batch | exit | peak allocated GiB | peak reserved GiB | estimate GiB (allocator) "
+        "| step s | tokens/s per rank |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for batch in [int(value) for value in args.batches.split(",")]:
         for precision in args.precisions.split(","):
             name = f"{precision}-b{batch}"
             code, report = rehearse(args, model, data, precision, batch, name)
+            if args.profile:
+                print(profile_row(args.out, name, precision, batch, code), flush=True)
+                continue
             if report is None:
                 print(f"| {precision} | {batch} | {code} | | | | | |", flush=True)
                 continue
@@ -81,7 +91,10 @@ def rehearse(args, model: Path, data: Path, precision: str, batch: int, name: st
         "torch_compile=true",
         "disable_gradient_checkpointing=false",
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    environment = dict(os.environ)
+    if args.profile:
+        environment["LLAMAFACTORY_FP8_PROFILE"] = f"{args.steps - 1}-{args.steps}:{args.out / 'profiles' / name}"
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
     (args.out / f"{name}.log").write_text(result.stdout + result.stderr)
     report_path = output_dir.with_name(output_dir.name + ".rehearsal") / "rehearsal.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
@@ -89,6 +102,20 @@ def rehearse(args, model: Path, data: Path, precision: str, batch: int, name: st
         (args.out / "reports").mkdir(exist_ok=True)
         (args.out / "reports" / f"{name}.json").write_text(json.dumps(report, indent=2))
     return result.returncode, report
+
+
+def profile_row(out: Path, name: str, precision: str, batch: int, code: int) -> str:
+    """The profiled steps' wall time and GPU busy time per step, the profile kept as reports/NAME.profile.json."""
+    path = out / "profiles" / name / "profile.json"
+    if not path.exists():
+        return f"| {precision} | {batch} | {code} | no profile | | | | |"
+    profile = json.loads(path.read_text())
+    (out / "reports").mkdir(exist_ok=True)
+    (out / "reports" / f"{name}.profile.json").write_text(json.dumps(profile, indent=1))
+    steps = profile["steps"]
+    busy_s = sum(kernel["total_us"] for kernel in profile["kernels"]) / 1e6 / steps
+    wall_s = profile["wall_s"] / steps
+    return f"| {precision} | {batch} | {code} | profiled: wall {wall_s:.3f} s/step | GPU busy {busy_s:.3f} s/step |||"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ class Fp8Recipe:
     layer_filter: Callable[[object, str], bool] | None = None  # None: Accelerate's (all but the first and last)
     torchao_recipe: str | None = None  # a torchao Float8LinearRecipeName value; None: tensorwise, torchao's default
     power_of_2_scales: bool = False  # round each scale down to a power of 2 (exact rescaling, torchao's option)
+    # under FSDP2, cast each weight's shard to FP8 before the all-gather (a 1/N of the cast, half the bytes
+    # gathered); Accelerate then precomputes the scales after each optimizer step. No effect without FSDP2.
+    fsdp_float8_all_gather: bool = False
     # memory: activations held for backward as a fraction of BF16's; None keeps the backend's (memory.py)
     activation_factor: float | None = None
 
@@ -43,7 +46,10 @@ class Fp8Recipe:
 
         if self.torchao_recipe is not None:
             return Float8LinearConfig.from_recipe_name(self.torchao_recipe)
-        return Float8LinearConfig(round_scales_to_power_of_2=self.power_of_2_scales)
+        return Float8LinearConfig(
+            round_scales_to_power_of_2=self.power_of_2_scales,
+            enable_fsdp_float8_all_gather=self.fsdp_float8_all_gather,
+        )
 
 
 def frozen_large_linear(module, fqn: str) -> bool:
@@ -68,6 +74,11 @@ RECIPES = {
             layer_filter=frozen_large_linear,
             # frozen layers keep no FP8 input for a weight gradient: the peak equals BF16's (results/lora-batch8/)
             activation_factor=1.0,
+        ),
+        Fp8Recipe(
+            "fsdp-float8-all-gather",
+            "tensorwise scaling; under FSDP2 each weight shard is cast to FP8 before the all-gather",
+            fsdp_float8_all_gather=True,
         ),
         Fp8Recipe("tensorwise-pow2", "tensorwise scaling with scales rounded to powers of 2", power_of_2_scales=True),
         Fp8Recipe(

@@ -9,14 +9,14 @@ memory with headroom; when nothing fits it refuses, saying what would."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from . import memory
 from .backends import BY_NAME as BACKENDS
 from .backends import FP8_BACKENDS, FP8Backend
 from .cpu_processes import check_cpu_strategy
-from .errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu
+from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
 from .fp8_recipe import RECIPES
 from .gpus import GpuInventory
@@ -131,6 +131,18 @@ def decide(inspection: Inspection) -> Decision:
             machines=inspection.topology.num_machines,
         )
     fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
+    if source == "auto" and backend is not None and not fitted.choice.strategy.fp8_gains:
+        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, auto takes BF16 if it fits.
+        label = fitted.choice.strategy.label
+        try:
+            bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
+            bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
+        except DoesNotFit:
+            reasons.append(f"FP8 kept under {label}, slower than BF16 there (bench/README.md): BF16 does not fit")
+        else:
+            reasons = [f"BF16 because FP8 ran slower than BF16 under {label} (bench/README.md)"]
+            precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
+            reasons.extend(gpus.notes)
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
