@@ -116,3 +116,13 @@ def test_a_rehearsal_runs_rank_0_of_four_alone_and_reports_what_it_measured(stra
     assert report["communication_estimate"]["network_bytes_per_step"] == pytest.approx(expected.network_bytes_per_step)
     assert not list(rehearsal_dir.glob("*.safetensors"))  # the noise the fake group trained is never saved
     assert not list(rehearsal_dir.glob("checkpoint-*")) and not output_dir.exists()
+
+
+@pytest.mark.slow
+def test_under_fsdp2_with_torch_compile_each_decoder_layer_is_compiled_on_its_own(tmp_path, tiny_model):
+    """Accelerate's whole-model compile left every layer eager under FSDP2 with checkpointing (fsdp_compile.py)."""
+    output_dir = tmp_path / "out"
+    launched = start("fsdp2", 4, output_dir, tiny_model, "--rehearse", "--bf16", "max_steps=3", "torch_compile=true")
+    code, stdout, stderr = finish(launched)
+    assert code == 0, stderr[-3000:]
+    assert "FSDP2: 2 sharded layers' forward compiled one by one" in stdout + stderr  # the demo model's 2 layers

@@ -45,6 +45,7 @@ def run_worker() -> None:
     from . import causal_attention, fp8_recipe
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
     from .fsdp_checkpoints import NameTheAdapter, SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
+    from .fsdp_compile import CompileShardedLayers
     from .fsdp_on_cpu import let_fsdp_run_on_cpu_processes
     from .rehearsal_measurement import rehearse_from_environment
     from .step_profiler import profiler_from_environment
@@ -68,6 +69,7 @@ def run_worker() -> None:
     stop = CheckpointAndStopOnRequest(files) if files else None
     # the adapter's config is written beside a sharded checkpoint before the stop's on_save can end the process
     callbacks = [causal_attention.KeepMaskUnlessRightPadded(), NameTheAdapter(), SaveTheFinalModelWhole()]
+    callbacks.append(CompileShardedLayers())
     callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop), rehearsal) if callback]
     try:
         run_exp(callbacks=callbacks + users_callbacks() + profiler_from_environment())
