@@ -49,16 +49,26 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def test_the_shipped_example_is_planned_on_eight_h100s_once_its_config_json_is_fetched(tmp_path, hub):
-    """Its FP8 needs FSDP2 there, where FP8 ran slower than BF16: auto says so and trains in BF16."""
+def test_the_shipped_example_gets_fp8_under_fsdp2_on_eight_h100s_once_its_config_json_is_fetched(tmp_path, hub):
+    """Its micro-batch, 2 x 2048, is where FP8 was measured faster than BF16 under FSDP2: the block says so."""
     result = dry_run(tmp_path, hub, HF_TOKEN=GRANTED_TOKEN)
     assert result.returncode == 0, result.stderr
     assert f"~8.03B parameters (config.json from the Hugging Face Hub ({hub}, revision main))" in result.stdout
-    assert "BF16 on cuda, 8 processes" in result.stdout
-    assert "BF16 because FP8 ran slower than BF16 under FSDP2" in result.stdout
+    assert "FP8 (torchao) on cuda, 8 processes" in result.stdout
+    assert "FP8 under FSDP2: measured faster than BF16 from 4096 tokens per micro-batch" in result.stdout
     assert FakeHub.requests and all(path == f"/{GATED}/resolve/main/config.json" for path in FakeHub.requests), (
         "config.json alone"
     )
+
+
+def test_the_shipped_example_at_one_sequence_per_gpu_trains_in_bf16_and_says_why(tmp_path, hub):
+    result = dry_run(tmp_path, hub, "per_device_train_batch_size=1", HF_TOKEN=GRANTED_TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert "BF16 on cuda, 8 processes" in result.stdout
+    assert (
+        "BF16 because under FSDP2 FP8 ran slower than BF16 below 4096 tokens per micro-batch, "
+        "and this run's is at most 1 x 2048"
+    ) in result.stdout
 
 
 @pytest.mark.parametrize("token", ["", "hf_not_granted"], ids=["no token (401)", "a token without access (403)"])

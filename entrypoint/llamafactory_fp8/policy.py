@@ -25,7 +25,7 @@ from .memory import MemoryEstimate
 from .precedence import Source, precedence
 from .request import Request
 from .strategies import BY_NAME as STRATEGIES_BY_NAME
-from .strategies import DDP
+from .strategies import DDP, Strategy
 from .training_config import FP8_CAPABLE_STAGES, TrainingConfig
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
@@ -131,21 +131,41 @@ def decide(inspection: Inspection) -> Decision:
             machines=inspection.topology.num_machines,
         )
     fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
-    if source == "auto" and backend is not None and not fitted.choice.strategy.fp8_gains:
-        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, auto takes BF16 if it fits.
-        label = fitted.choice.strategy.label
+    slower = _fp8_slower_under(fitted.choice.strategy, training) if backend is not None else None
+    if source == "auto" and slower is not None:
+        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, auto takes BF16 if it fits
         try:
             bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
             bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
         except DoesNotFit:
-            reasons.append(f"FP8 kept under {label}, slower than BF16 there (bench/README.md): BF16 does not fit")
+            reasons.append(f"FP8 kept though {slower}: BF16 does not fit")
         else:
-            reasons = [f"BF16 because FP8 ran slower than BF16 under {label} (bench/README.md)"]
+            reasons = [f"BF16 because {slower}"]
             precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
             reasons.extend(gpus.notes)
+    elif source == "auto" and backend is not None and fitted.choice.strategy.fp8_pays_from_tokens:
+        strategy = fitted.choice.strategy
+        reasons.append(
+            f"FP8 under {strategy.label}: measured faster than BF16 from {strategy.fp8_pays_from_tokens} tokens per "
+            f"micro-batch, and this run's is up to {training.micro_batch_size} x {training.cutoff_len}"
+        )
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
+
+
+def _fp8_slower_under(strategy: Strategy, training: TrainingConfig) -> str | None:
+    """Why FP8 would run slower than BF16 under this strategy at this run's micro-batch; None where it pays."""
+    tokens = training.micro_batch_size * training.cutoff_len
+    if strategy.fp8_pays_from_tokens is None:
+        return f"FP8 was never measured faster than BF16 under {strategy.label} (bench/README.md)"
+    if tokens < strategy.fp8_pays_from_tokens:
+        return (
+            f"under {strategy.label} FP8 ran slower than BF16 below {strategy.fp8_pays_from_tokens} tokens per "
+            f"micro-batch, and this run's is at most {training.micro_batch_size} x {training.cutoff_len} "
+            "(bench/README.md)"
+        )
+    return None
 
 
 def _processes(request: Request, available: int) -> int:

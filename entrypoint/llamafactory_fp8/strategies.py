@@ -35,8 +35,9 @@ class Strategy:
     """Whose communication buffers it allocates (memory.py)."""
     carries_fp8: bool
     """Whether an FP8 run stays FP8 under it."""
-    fp8_gains: bool
-    """Whether FP8 was measured faster than BF16 under it: auto keeps BF16 where not (policy.py)."""
+    fp8_pays_from_tokens: int | None
+    """The fewest tokens per GPU micro-batch at which FP8 was measured faster than BF16 under it; None: never
+    measured faster. Auto keeps BF16 below it (policy.py)."""
     why: str
     """What it does, in words."""
 
@@ -54,7 +55,7 @@ DDP = Strategy(
     optimizer="replicated",
     buffers="ddp",
     carries_fp8=True,
-    fp8_gains=True,
+    fp8_pays_from_tokens=0,
     why="each GPU holds the whole model, its gradients and optimizer states; the least communication",
 )
 ZERO2 = Strategy(
@@ -68,7 +69,7 @@ ZERO2 = Strategy(
     optimizer="sharded",
     buffers="deepspeed",
     carries_fp8=False,
-    fp8_gains=False,
+    fp8_pays_from_tokens=None,
     why="gradients and optimizer states split over the GPUs, weights whole on each",
 )
 FSDP2 = Strategy(
@@ -80,7 +81,7 @@ FSDP2 = Strategy(
     optimizer="sharded",
     buffers="fsdp",
     carries_fp8=True,
-    fp8_gains=False,
+    fp8_pays_from_tokens=4096,
     why="weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
 )
 ZERO3 = Strategy(
@@ -94,7 +95,7 @@ ZERO3 = Strategy(
     optimizer="sharded",
     buffers="deepspeed",
     carries_fp8=False,
-    fp8_gains=False,
+    fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states split over the GPUs",
 )
 FSDP2_OFFLOAD = Strategy(
@@ -106,7 +107,7 @@ FSDP2_OFFLOAD = Strategy(
     optimizer="offloaded",
     buffers="fsdp",
     carries_fp8=True,
-    fp8_gains=False,
+    fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 ZERO3_OFFLOAD = Strategy(
@@ -120,14 +121,15 @@ ZERO3_OFFLOAD = Strategy(
     optimizer="offloaded",
     buffers="deepspeed",
     carries_fp8=False,
-    fp8_gains=False,
+    fp8_pays_from_tokens=None,
     why="weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 
 # Fastest first. Under DeepSpeed, Accelerate may not carry FP8 and FP8 stays off (accelerate#3360; the patched
 # LLaMA-Factory then fails the run): an FP8 run that needs sharding gets FSDP2, which has the same memory terms.
-# Under FSDP2, FP8 ran at 0.37x to 0.55x of BF16 from 1 to 8 sequences of 2048 per GPU (8B, rank 0 of 8 rehearsed:
-# bench/results/rehearsal-8b-full, rehearsal-8b-sweep): its decoder layers ran uncompiled there (rehearsal-8b-profile).
+# FP8 pays: under data parallel, as on one GPU (the size rule in policy.py); under FSDP2, from 2 sequences of 2048
+# per GPU, rank 0 of 8 rehearsed with the layers compiled (bench/results/rehearsal-8b-compile-layers,
+# rehearsal-8b-product); with CPU offload it was never measured.
 STRATEGIES = (DDP, ZERO2, FSDP2, ZERO3, FSDP2_OFFLOAD, ZERO3_OFFLOAD)
 BY_NAME = {strategy.name: strategy for strategy in STRATEGIES}
 
