@@ -44,7 +44,7 @@ def main() -> int:
     data = runner.build_corpus(work, 8)
     model = runner.build_model(work, args.shape, args.layers, runner.build_tokenizer(work, data))
     print(
-        "| precision | micro-batch | exit | peak allocated GiB | peak reserved GiB | estimate GiB (allocator) "
+        "| precision | micro-batch | exit | peak allocated GiB | peak reserved GiB | estimate GiB (allocated) "
         "| step s | tokens/s per rank |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -12,7 +12,9 @@ The activation and logit coefficients, the fixed term and the allocator's slack 
 every committed benchmark (bench/results/*/*.json, one H100 or H200, LLaMA-Factory 0.9.5, packing, SDPA
 attention); tests/test_memory.py replays each of those runs through the launcher and checks the estimate against its
 peak reserved memory to within 15%, and that each run that fit one GPU is planned on one GPU, so a new result that
-the model does not explain fails there."""
+the model does not explain fails there. FSDP2's terms (a bf16 residual stream, the root gathered, the root's
+unsharded gradient) come from rank 0 of 8 rehearsed on an H100 (bench/results/rehearsal*/), which the same test
+holds to its allocated peak."""
 
 from __future__ import annotations
 
@@ -89,11 +91,14 @@ class MemoryEstimate:
     margin_gib: float = 0.0  # MARGIN of the terms that were fitted or not measured
     total_gib: float = field(init=False)
     allocator_gib: float = field(init=False)  # what PyTorch's allocator reserves at the peak: what the bench records
+    allocated_gib: float = field(init=False)  # what it allocates at the peak, without its slack: what rehearsals read
 
     def __post_init__(self):
         object.__setattr__(self, "total_gib", sum(gib for _, gib in self.terms))
         outside = ("CUDA context", "NCCL buffers")
         object.__setattr__(self, "allocator_gib", sum(gib for name, gib in self.terms if name not in outside))
+        slack = sum(gib for name, gib in self.terms if name == "allocator slack")
+        object.__setattr__(self, "allocated_gib", self.allocator_gib - slack)
 
     def fits(self, gpu_gib: float, host_gib: float | None = None) -> bool:
         return self.total_gib + self.margin_gib <= gpu_gib and self.host_fits(host_gib)
@@ -107,7 +112,8 @@ class _Parameters:
     trainable: float
     frozen_bytes: float  # the frozen parameters' storage
     output_layer: float  # output layer parameters that receive a gradient (full fine-tuning)
-    largest_block: float  # the largest unit FSDP or ZeRO-3 gathers at once
+    largest_block: float  # the largest unit FSDP gathers at once: a decoder layer, or the root (embeddings, output)
+    root_gradient: float  # the root's parameters that receive a gradient (full fine-tuning)
     activation_layers: int  # decoder layers whose activations backward needs
 
 
@@ -131,14 +137,16 @@ def estimate(
     weights = (params.trainable * weight_bytes + params.frozen_bytes) * shard[strategy.weights]
     optimizer = params.trainable * optimizer_bytes * shard[strategy.optimizer]
     gradients = params.trainable * grad_bytes * shard[strategy.gradients]
-    activations, logits = _activations(model, training, backend, recipe, params)
+    activations, logits = _activations(model, training, backend, recipe, params, strategy)
     output_grad = params.output_layer * grad_bytes * shard[strategy.gradients]
+    # at the end of backward FSDP2 also holds the root's gradient, unsharded in bf16 until it is reduced
+    end_of_backward = gradients + (params.root_gradient * 2 if strategy.buffers == "fsdp" else 0.0)
     if training.gradient_accumulation_steps > 1:  # gradients stay between micro-batches
         peak, fitted = gradients + activations + logits, activations + logits
-    elif activations + logits + output_grad > gradients:
+    elif activations + logits + output_grad > end_of_backward:
         peak, fitted = activations + logits + output_grad, activations + logits
     else:
-        peak, fitted = gradients, 0.0
+        peak, fitted = end_of_backward, 0.0
 
     terms = [
         ("weights", weights),
@@ -176,16 +184,17 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
     output_layer = 0 if model.tie_word_embeddings else embedding
     per_layer = (model.num_parameters - embedding - output_layer - model.hidden_size) / model.num_layers
     linear_per_layer = sum(i * o for _, i, o in model.linear_shapes_per_layer)
-    largest_block = max(per_layer, embedding)
+    root = embedding + output_layer  # FSDP2's root module: what the decoder layers' own units leave
+    largest_block = max(per_layer, root)
     kind = training.finetuning_type
     if kind == "full":
-        return _Parameters(model.num_parameters, 0, embedding, largest_block, model.num_layers)
+        return _Parameters(model.num_parameters, 0, embedding, largest_block, root, model.num_layers)
     if kind == "freeze":  # LLaMA-Factory's freeze_trainable_layers: the last n layers, or the first -n
         layers = min(abs(training.freeze_trainable_layers), model.num_layers)
         trainable = layers * per_layer
         # backward stops at the first trainable layer: only layers from there on keep activations
         saving = layers if training.freeze_trainable_layers > 0 else model.num_layers
-        return _Parameters(trainable, (model.num_parameters - trainable) * 2, 0, largest_block, saving)
+        return _Parameters(trainable, (model.num_parameters - trainable) * 2, 0, largest_block, 0, saving)
     targets = {name for name, _, _ in model.linear_shapes_per_layer}
     named = set(training.lora_target) & targets or targets  # "all", or names of another architecture: every linear
     adapters = (
@@ -197,7 +206,7 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
     if training.quantization_bit:  # QLoRA: bitsandbytes packs the linear layers, with ~3% for its scales
         linear = model.num_layers * linear_per_layer
         frozen = (model.num_parameters - linear) * 2 + linear * training.quantization_bit / 8 * 1.03
-    return _Parameters(adapters, frozen, 0, largest_block, model.num_layers)
+    return _Parameters(adapters, frozen, 0, largest_block, 0, model.num_layers)
 
 
 def _activations(
@@ -206,10 +215,12 @@ def _activations(
     backend: FP8Backend | None,
     recipe: Fp8Recipe | None,
     params: _Parameters,
+    strategy: Strategy,
 ) -> tuple[float, float]:
     """Bytes saved for backward by the decoder layers, and by the logits, for one micro-batch."""
     tokens = training.micro_batch_size * training.cutoff_len  # packed, or padded to cutoff_len at most
-    fp32_stream = training.finetuning_type in ("full", "freeze") and not training.pure_bf16
+    upcast = training.finetuning_type in ("full", "freeze") and not training.pure_bf16
+    fp32_stream = upcast and not strategy.computes_in_bf16
     per_hidden = ACTIVATION_BYTES_PER_HIDDEN + (FP32_STREAM_BYTES_PER_HIDDEN if fp32_stream else 0.0)
     per_layer = tokens * (per_hidden * model.hidden_size + ACTIVATION_BYTES_PER_INTERMEDIATE * model.intermediate_size)
     if backend is not None:
@@ -236,6 +247,6 @@ def _activations(
 def _buffers(strategy: Strategy, params: _Parameters, grad_bytes: int, world_size: int) -> float:
     if strategy.buffers == "deepspeed":
         return DEEPSPEED_BUCKET_BYTES
-    if strategy.buffers == "fsdp":  # one block gathered in bf16 and the next prefetched, and its fp32 gradients
-        return params.largest_block * (2 * 2 + 4)
+    if strategy.buffers == "fsdp":  # the largest unit gathered in bf16: the root, kept through the step (rehearsals)
+        return params.largest_block * 2
     return params.trainable * grad_bytes if world_size > 1 else 0.0  # DDP's gradient buckets

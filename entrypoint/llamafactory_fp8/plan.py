@@ -193,7 +193,7 @@ def _rehearsal(inspection: Inspection, decision: Decision) -> RehearsalRequest |
         strategy=decision.strategy.strategy.name,
         precision=decision.precision,
         report=str(inspection.output_dir / "rehearsal.json"),
-        estimate_gib=decision.memory.allocator_gib if decision.memory else None,
+        estimate_gib=decision.memory.allocated_gib if decision.memory else None,
     )
 
 

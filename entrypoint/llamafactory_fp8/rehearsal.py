@@ -30,7 +30,7 @@ class RehearsalRequest:
     strategy: str
     precision: str
     report: str
-    estimate_gib: float | None = None  # the memory model's per-GPU estimate for the job, shown beside the peak
+    estimate_gib: float | None = None  # the memory model's allocated peak per GPU for the job, beside the measured
 
     def environment(self) -> dict[str, str]:
         return {contract.REHEARSAL.name: json.dumps(asdict(self))}

@@ -33,6 +33,9 @@ class Strategy:
     """Where the optimizer states live (memory.py)."""
     buffers: Literal["ddp", "deepspeed", "fsdp"]
     """Whose communication buffers it allocates (memory.py)."""
+    computes_in_bf16: bool
+    """Whether the layers compute with bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's bf16
+    module), so the residual stream is bf16 even where LLaMA-Factory keeps trainable weights in fp32 (memory.py)."""
     carries_fp8: bool
     """Whether an FP8 run stays FP8 under it."""
     fp8_pays_from_tokens: int | None
@@ -54,6 +57,7 @@ DDP = Strategy(
     gradients="replicated",
     optimizer="replicated",
     buffers="ddp",
+    computes_in_bf16=False,
     carries_fp8=True,
     fp8_pays_from_tokens=0,
     why="each GPU holds the whole model, its gradients and optimizer states; the least communication",
@@ -68,6 +72,7 @@ ZERO2 = Strategy(
     gradients="sharded",
     optimizer="sharded",
     buffers="deepspeed",
+    computes_in_bf16=True,
     carries_fp8=False,
     fp8_pays_from_tokens=None,
     why="gradients and optimizer states split over the GPUs, weights whole on each",
@@ -80,6 +85,7 @@ FSDP2 = Strategy(
     gradients="sharded",
     optimizer="sharded",
     buffers="fsdp",
+    computes_in_bf16=True,
     carries_fp8=True,
     fp8_pays_from_tokens=4096,
     why="weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
@@ -94,6 +100,7 @@ ZERO3 = Strategy(
     gradients="sharded",
     optimizer="sharded",
     buffers="deepspeed",
+    computes_in_bf16=True,
     carries_fp8=False,
     fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states split over the GPUs",
@@ -106,6 +113,7 @@ FSDP2_OFFLOAD = Strategy(
     gradients="offloaded",
     optimizer="offloaded",
     buffers="fsdp",
+    computes_in_bf16=True,
     carries_fp8=True,
     fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
@@ -120,6 +128,7 @@ ZERO3_OFFLOAD = Strategy(
     gradients="offloaded",
     optimizer="offloaded",
     buffers="deepspeed",
+    computes_in_bf16=True,
     carries_fp8=False,
     fp8_pays_from_tokens=None,
     why="weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
