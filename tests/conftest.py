@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llamafactory_fp8 import capabilities
+from llamafactory_fp8 import capabilities, contract
 from llamafactory_fp8 import gpus as gpus_module
 from llamafactory_fp8.inspection import inspect_run
 from llamafactory_fp8.plan import LaunchPlan, make_plan
@@ -23,6 +23,9 @@ from llamafactory_fp8.strategies import STRATEGIES
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "tests" / "nvml_profiles"
 FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
+# The CPU memory of the machine a recorded GPU profile stands for (a DGX H100 has 2 TiB), not this machine's: the
+# planner needs it where each process loads the whole model or offloads to the CPU.
+GPU_HOST_MEMORY_GIB = "1024"
 BENCH_MODELS = ROOT / "bench" / "models"
 TEST_MODELS = ROOT / "tests" / "models"  # real shapes the bench does not run, up to 405B
 ALL_FP8_BACKENDS = frozenset({"torchao", "te"})
@@ -68,6 +71,7 @@ def nvml_profile(monkeypatch):
 
     def use(name: str) -> None:
         monkeypatch.setenv("FAKE_NVML_PROFILE", str(profile_path(name)))
+        monkeypatch.setenv(contract.HOST_MEMORY_GIB.name, GPU_HOST_MEMORY_GIB)
 
     return use
 
@@ -92,7 +96,7 @@ def planner(nvml_profile, tmp_path, monkeypatch):
         keys: dict,
         backends: frozenset = ALL_FP8_BACKENDS,
         strategies: frozenset = ALL_STRATEGIES,
-        host_gib: float | None = 1024.0,
+        host_gib: float | None = float(GPU_HOST_MEMORY_GIB),
         **flags,
     ) -> LaunchPlan:
         nvml_profile(profile)
@@ -111,6 +115,8 @@ def cli_env(profile: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LLAMAFACTORY_FP8_HOME")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKE_NVML_DIR), env.get("PYTHONPATH")]))
     env["FAKE_NVML_PROFILE"] = str(profile_path(profile))
+    if profile != "no-gpu":  # the recorded GPUs' machine, not this one
+        env[contract.HOST_MEMORY_GIB.name] = GPU_HOST_MEMORY_GIB
     env.update(extra)
     return env
 

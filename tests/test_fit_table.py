@@ -116,14 +116,15 @@ def test_the_refusal_is_one_line_and_exit_20_before_anything_launches(tmp_path):
     config.write_text(
         f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: {tmp_path / 'out'}\n"
     )
-    result = run_cli("train", str(config), profile="h100-mig-1g10gb")
+    small_node = {"LLAMAFACTORY_FP8_HOST_MEMORY_GIB": "64"}  # too little to offload the state to
+    result = run_cli("train", str(config), profile="h100-mig-1g10gb", **small_node)
     assert result.returncode == 20
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("llamafactory-fp8: error: does not fit: full fine-tuning of 7.6B parameters needs ~")
     assert "would fit: " in line and "quantization_bit: 4 (QLoRA)" in line
     assert "accelerate.commands.launch" not in result.stdout and not (tmp_path / "out").exists()
 
-    anyway = run_cli("train", str(config), "--no-memory-check", "--dry-run", profile="h100-mig-1g10gb")
+    anyway = run_cli("train", str(config), "--no-memory-check", "--dry-run", profile="h100-mig-1g10gb", **small_node)
     assert anyway.returncode == 0, anyway.stderr
     assert "nothing fits: the smallest estimate is ~" in anyway.stderr
 

@@ -4,7 +4,7 @@ says what it replaced; auto takes the fastest that fits in memory and says why."
 import json
 
 import pytest
-from llamafactory_fp8.errors import ConfigInvalid
+from llamafactory_fp8.errors import ConfigInvalid, DoesNotFit
 
 from .conftest import ALL_STRATEGIES, model_dir, run_cli
 
@@ -153,6 +153,20 @@ def test_several_nodes_share_the_state_over_all_their_gpus(planner, monkeypatch)
     monkeypatch.setenv("NNODES", "4")
     monkeypatch.setenv("NODE_RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "node-0")
-    four = planner("h100-sxm-x8", SEVENTY_B_FULL).decision
+    four = planner("h100-sxm-x8", SEVENTY_B_FULL, strategy="fsdp2").decision
     assert (four.strategy.strategy.name, four.memory.world_size) == ("fsdp2", 32)
     assert four.memory.total_gib < one.total_gib
+
+
+def test_fsdp2_is_planned_only_where_each_process_can_load_the_whole_model(planner):
+    """With fsdp_cpu_ram_efficient_loading off, each of a node's processes loads the whole model into CPU memory
+    before it is sharded: the 8B in fp32 is ~30 GiB, so 8 processes need ~240 GiB of the node's."""
+    keys = {"model_name_or_path": str(model_dir("llama-3.1-8b")), "finetuning_type": "full"}
+    roomy = planner("h100-sxm-x8", keys).decision
+    assert (roomy.precision, roomy.strategy.strategy.name) == ("fp8", "fsdp2")
+    assert 230 < roomy.memory.host_gib < 250
+    small = planner("h100-sxm-x8", keys, host_gib=128.0).decision
+    assert small.strategy.strategy.name != "fsdp2" and small.precision == "bf16"
+    assert "BF16 because FP8 fits under no strategy that carries it" in small.reasons
+    with pytest.raises(DoesNotFit, match=r"its 8 processes each load the whole model first: ~2\d\d GiB of CPU memory"):
+        planner("h100-sxm-x8", keys, host_gib=128.0, precision="fp8")

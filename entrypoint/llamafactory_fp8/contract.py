@@ -144,6 +144,13 @@ SAVE_LIMIT_S = Setting(
     doc="healthcheck: how long one checkpoint's save may take",
     set_by="user",
 )
+HOST_MEMORY_GIB = Setting(
+    name="LLAMAFACTORY_FP8_HOST_MEMORY_GIB",
+    parse=lambda raw: float(_whole(raw, 1)),
+    default=None,
+    doc="the node's CPU memory the plan may use, in GiB (default: the container's memory limit, else the machine's)",
+    set_by="user",
+)
 NNODES = Setting(name="NNODES", parse=_positive_int, default=1, doc="nodes in the job (torchrun's name)", set_by="user")
 NODE_RANK = Setting(name="NODE_RANK", parse=_index, default=None, doc="this node's rank, 0 to NNODES-1", set_by="user")
 JOB_COMPLETION_INDEX = Setting(
@@ -228,6 +235,7 @@ SETTINGS = (
     STARTUP_GRACE_S,
     STALL_AFTER_S,
     SAVE_LIMIT_S,
+    HOST_MEMORY_GIB,
     NNODES,
     NODE_RANK,
     JOB_COMPLETION_INDEX,

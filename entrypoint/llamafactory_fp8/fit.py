@@ -304,6 +304,13 @@ def does_not_fit(shape: RunShape, capacity: Capacity) -> str:
         f"~{best.total_gib:.0f} GiB per GPU at best ({layout(BY_NAME[best.strategy], shape.world_size)}) "
         f"and a GPU here has {capacity.gpu_gib:.0f}"
     )
+    if best.total_gib + best.margin_gib <= capacity.gpu_gib and not best.host_fits(capacity.host_gib):
+        needs = (
+            f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters fits the GPUs "
+            f"at ~{best.total_gib:.0f} GiB each ({layout(BY_NAME[best.strategy], shape.world_size)}) but its "
+            f"{shape.processes_per_node} processes each load the whole model first: ~{best.host_gib:.0f} GiB of CPU "
+            f"memory ({capacity.host_gib:.0f} here)"
+        )
     offloaded = [shape.estimate(s) for s in usable if s.weights == "offloaded"]
     if offloaded:
         least = min(offloaded, key=lambda e: e.total_gib)

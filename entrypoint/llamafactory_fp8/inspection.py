@@ -162,7 +162,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         model=model,
         installed_backends=installed_fp8_backends(),
         installed_strategies=installed_strategies(),
-        host_memory_gib=_host_memory_gib(),
+        host_memory_gib=_host_memory_gib(environ),
     )
 
 
@@ -241,9 +241,18 @@ def _deepspeed_json(value: str | Mapping | None, workdir: Path) -> Mapping | Non
     return config
 
 
-def _host_memory_gib() -> float | None:
-    """This node's memory, which CPU offloading fills with the training state."""
+def _host_memory_gib(environ: Mapping[str, str]) -> float | None:
+    """The CPU memory this node's processes may use, which loading and CPU offloading fill: the setting, else the
+    container's limit (cgroup v2, a pod's `resources.limits.memory`) where it is below the machine's memory."""
+    given = contract.HOST_MEMORY_GIB.read(environ)
+    if given is not None:
+        return given
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return machine
+    return min(machine, int(limit) / 2**30) if limit.isdigit() else machine

@@ -82,7 +82,8 @@ def unmodeled(training: TrainingConfig) -> str | None:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Per GPU, in GiB: the named terms; `host_gib` is the CPU memory an offloading strategy needs per node."""
+    """Per GPU, in GiB: the named terms; `host_gib` is the CPU memory a node needs at its peak: an
+    offloading strategy's state, or the whole model loaded by each process before it is sharded."""
 
     strategy: str
     world_size: int
@@ -169,6 +170,8 @@ def estimate(
         if placement == "offloaded"
     )
     host = offloaded * processes_per_node / world_size / GIB
+    if strategy.loads_whole_model_per_process:  # as LLaMA-Factory holds it before sharding: trainable weights in fp32
+        host = max(host, processes_per_node * (params.trainable * weight_bytes + params.frozen_bytes) / GIB)
     measured_exactly = ("weights", "optimizer states", "activations, logits and gradients at the peak")
     unmeasured = fitted / GIB + sum(value for name, value in gib if name not in measured_exactly)
     return MemoryEstimate(strategy.name, world_size, tuple(gib), host, MARGIN * unmeasured)

@@ -130,14 +130,22 @@ def decide(inspection: Inspection) -> Decision:
             processes_per_node=processes,
             machines=inspection.topology.num_machines,
         )
-    fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
-    slower = _fp8_slower_under(fitted.choice.strategy, training) if backend is not None else None
+    try:
+        fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
+        slower = _fp8_slower_under(fitted.choice.strategy, training) if backend is not None else None
+    except DoesNotFit:
+        if source != "auto" or backend is None:
+            raise
+        fitted, slower = None, "FP8 fits under no strategy that carries it"
     if source == "auto" and slower is not None:
-        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, auto takes BF16 if it fits
+        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, or none fits, auto takes
+        # BF16 if it fits
         try:
             bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
             bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
         except DoesNotFit:
+            if fitted is None:
+                raise
             reasons.append(f"FP8 kept though {slower}: BF16 does not fit")
         else:
             reasons = [f"BF16 because {slower}"]
