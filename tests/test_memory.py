@@ -59,23 +59,28 @@ def log_of(run_bench, path: Path, result: dict) -> Path:
     return path.parent / "logs" / f"{case_of(run_bench, result).name}.log"
 
 
-def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
-    """The launcher's arguments for `case`, as bench/run_bench.py's run_case builds them (captured, not copied)."""
+def launcher_arguments(bench_module, start) -> list[str]:
+    """The launcher's arguments a bench module passes to subprocess.run when `start()` runs it (captured, not
+    copied)."""
     captured = []
 
     def record(args, **kwargs):
         captured.append(args)
         return subprocess.CompletedProcess(args, 1, "", "")
 
-    original = run_bench.subprocess.run
-    run_bench.subprocess.run = record
+    original, bench_module.subprocess.run = bench_module.subprocess.run, record
     try:
-        run_bench.run_case(case, model, work / "data", work, work, None)
+        start()
     finally:
-        run_bench.subprocess.run = original
+        bench_module.subprocess.run = original
     (args,) = captured
     assert args[1:3] == ["-m", "llamafactory_fp8"], args
     return args[3:]
+
+
+def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
+    """The launcher's arguments for `case`, as bench/run_bench.py's run_case builds them."""
+    return launcher_arguments(run_bench, lambda: run_bench.run_case(case, model, work / "data", work, work, None))
 
 
 def profile_for(device: str) -> str:
@@ -236,26 +241,16 @@ REHEARSALS = sorted(
 
 
 def rehearsal_arguments(report: dict, name: str, model: Path, work: Path) -> list[str]:
-    """The launcher's arguments for a committed rehearsal, as bench/rehearse.py builds them (captured, not copied)."""
+    """The launcher's arguments for a committed rehearsal, as bench/rehearse.py builds them."""
     rehearse = importlib.import_module("bench.rehearse")
     rehearse.runner.build_corpus(work, 0.01)  # as the bench writes it before it launches
     batch = report["tokens_per_step_per_rank"] // 2048  # bench/configs/pt.yaml's cutoff_len, packed
     options = argparse.Namespace(
         out=work, fp8_recipe=None, strategy=report["strategy"], world_size=report["world_size"], steps=8, profile=False
     )
-    captured = []
-
-    def record(args, **kwargs):
-        captured.append(args)
-        return subprocess.CompletedProcess(args, 1, "", "")
-
-    original, rehearse.subprocess.run = rehearse.subprocess.run, record
-    try:
-        rehearse.rehearse(options, model, work / "data", report["precision"], batch, name)
-    finally:
-        rehearse.subprocess.run = original
-    (args,) = captured
-    return args[3:]
+    return launcher_arguments(
+        rehearse, lambda: rehearse.rehearse(options, model, work / "data", report["precision"], batch, name)
+    )
 
 
 def model_with_parameters(shape: str, parameters: int, folder: Path) -> Path:

@@ -299,17 +299,17 @@ def does_not_fit(shape: RunShape, capacity: Capacity) -> str:
 
     usable = candidates(shape, capacity)
     best = min((shape.estimate(s) for s in usable if s.weights != "offloaded"), key=lambda e: e.total_gib)
-    needs = (
-        f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters needs "
-        f"~{best.total_gib:.0f} GiB per GPU at best ({layout(BY_NAME[best.strategy], shape.world_size)}) "
-        f"and a GPU here has {capacity.gpu_gib:.0f}"
-    )
+    run = f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters"
+    where = layout(BY_NAME[best.strategy], shape.world_size)
     if best.total_gib + best.margin_gib <= capacity.gpu_gib and not best.host_fits(capacity.host_gib):
         needs = (
-            f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters fits the GPUs "
-            f"at ~{best.total_gib:.0f} GiB each ({layout(BY_NAME[best.strategy], shape.world_size)}) but its "
-            f"{shape.processes_per_node} processes each load the whole model first: ~{best.host_gib:.0f} GiB of CPU "
-            f"memory ({capacity.host_gib:.0f} here)"
+            f"{run} fits the GPUs at ~{best.total_gib:.0f} GiB each ({where}) but its {shape.processes_per_node} "
+            f"processes each load the whole model first: ~{best.host_gib:.0f} GiB of CPU memory "
+            f"({capacity.host_gib:.0f} here)"
+        )
+    else:
+        needs = (
+            f"{run} needs ~{best.total_gib:.0f} GiB per GPU at best ({where}) and a GPU here has {capacity.gpu_gib:.0f}"
         )
     offloaded = [shape.estimate(s) for s in usable if s.weights == "offloaded"]
     if offloaded:

@@ -68,8 +68,12 @@ def run_worker() -> None:
     files = StopFiles.from_environment()
     stop = CheckpointAndStopOnRequest(files) if files else None
     # the adapter's config is written beside a sharded checkpoint before the stop's on_save can end the process
-    callbacks = [causal_attention.KeepMaskUnlessRightPadded(), NameTheAdapter(), SaveTheFinalModelWhole()]
-    callbacks.append(CompileShardedLayers())
+    callbacks = [
+        causal_attention.KeepMaskUnlessRightPadded(),
+        NameTheAdapter(),
+        SaveTheFinalModelWhole(),
+        CompileShardedLayers(),
+    ]
     callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop), rehearsal) if callback]
     try:
         run_exp(callbacks=callbacks + users_callbacks() + profiler_from_environment())
