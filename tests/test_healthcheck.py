@@ -250,17 +250,17 @@ def test_a_slow_start_is_healthy_while_the_dataset_is_tokenized(tmp_path):
     )
     window_s = 8
     try:
-        since: list[float] = []
-
-        def preprocessing_outlasted_the_window(line: str) -> bool:
-            if "preprocessing" in line:
-                since.append(since[0] if since else time.time())
-            return bool(since) and time.time() - since[0] > window_s + 4
-
+        # Under the default window until tokenizing begins: on a loaded host, imports alone can outlast 8 s.
+        watch_health(tmp_path, trainer, lambda line: "preprocessing" in line)
+        began = time.time()
         seen = watch_health(
-            tmp_path, trainer, preprocessing_outlasted_the_window, LLAMAFACTORY_FP8_STARTUP_GRACE_S=str(window_s)
+            tmp_path,
+            trainer,
+            lambda line: time.time() - began > window_s + 4,
+            LLAMAFACTORY_FP8_STARTUP_GRACE_S=str(window_s),
         )
         assert all(code == 0 for code, _ in seen), [line for code, line in seen if code]
+        assert "preprocessing" in seen[-1][1], "tokenizing ended within the window: the test proves nothing"
     finally:
         assert trainer.wait(timeout=900) == 0, trainer.stderr.read()[-3000:]
 
