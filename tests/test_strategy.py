@@ -170,3 +170,18 @@ def test_fsdp2_is_planned_only_where_each_process_can_load_the_whole_model(plann
     assert "BF16 because FP8 fits under no strategy that carries it" in small.reasons
     with pytest.raises(DoesNotFit, match=r"its 8 processes each load the whole model first: ~2\d\d GiB of CPU memory"):
         planner("h100-sxm-x8", keys, host_gib=128.0, precision="fp8")
+
+
+def test_a_rehearsal_needs_only_rank_0s_share_of_the_nodes_memory_here(planner):
+    """Rehearsing 8 GPUs on one: the job's node is taken to have 8 times this machine's memory, as cloud machines
+    scale, so the plan is the one such a node gets as long as rank 0's own share fits here."""
+    keys = {"model_name_or_path": str(model_dir("llama-3.1-8b")), "finetuning_type": "full"}
+    job = planner("h100-sxm-x8", keys, host_gib=8 * 34.0).decision
+    rehearsed = planner("h100-sxm", keys, host_gib=34.0, rehearsal=True, processes=8).decision
+    assert (rehearsed.precision, rehearsed.strategy.strategy.name) == (job.precision, job.strategy.strategy.name)
+    assert (job.precision, job.strategy.strategy.name) == ("fp8", "fsdp2")
+    loads = (
+        r"each load the whole model first: ~2\d\d GiB of CPU memory \(128 on a node of 8 such GPUs, 8 x the 16 here\)"
+    )
+    with pytest.raises(DoesNotFit, match=loads):
+        planner("h100-sxm", keys, host_gib=16.0, rehearsal=True, processes=8, precision="fp8")

@@ -61,7 +61,10 @@ class Capacity:
     gpu_gib: float
     """The smallest GPU's memory."""
     host_gib: float | None
-    """This node's memory, which CPU offloading fills; None: unknown."""
+    """The node's memory, which loading and CPU offloading fill; None: unknown."""
+    host_scale: int = 1
+    """A rehearsal's node has this many times this machine's GPUs, and is taken to have as many times its memory
+    (cloud machines scale so), which leaves rank 0 its share here; 1: the node is this machine."""
     installed: frozenset[str]
     """The strategies this environment could run."""
     one_process_only: bool
@@ -69,6 +72,13 @@ class Capacity:
 
     def fits(self, estimate: MemoryEstimate) -> bool:
         return estimate.fits(self.gpu_gib, self.host_gib)
+
+    def host_words(self) -> str:
+        """The node's memory in GiB, and where it comes from."""
+        if self.host_scale == 1:
+            return f"{self.host_gib:.0f} here"
+        here = self.host_gib / self.host_scale
+        return f"{self.host_gib:.0f} on a node of {self.host_scale} such GPUs, {self.host_scale} x the {here:.0f} here"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +258,7 @@ def _explain_given(
         return
     host = ""
     if not estimate.host_fits(capacity.host_gib):
-        host = f", and ~{estimate.host_gib:.0f} GiB of CPU memory of {capacity.host_gib:.0f}"
+        host = f", and ~{estimate.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
     warnings.append(
         f"{strategy.label} needs {size} (+{estimate.margin_gib:.0f} margin) {of}{host}: it may run out of memory"
     )
@@ -305,7 +315,7 @@ def does_not_fit(shape: RunShape, capacity: Capacity) -> str:
         needs = (
             f"{run} fits the GPUs at ~{best.total_gib:.0f} GiB each ({where}) but its {shape.processes_per_node} "
             f"processes each load the whole model first: ~{best.host_gib:.0f} GiB of CPU memory "
-            f"({capacity.host_gib:.0f} here)"
+            f"({capacity.host_words()})"
         )
     else:
         needs = (
@@ -316,7 +326,7 @@ def does_not_fit(shape: RunShape, capacity: Capacity) -> str:
         least = min(offloaded, key=lambda e: e.total_gib)
         needs += f"; with CPU offload ~{least.total_gib:.0f} GiB per GPU"
         if capacity.host_gib is not None:
-            needs += f" and ~{least.host_gib:.0f} GiB of CPU memory ({capacity.host_gib:.0f} here)"
+            needs += f" and ~{least.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
     if not fitting:
         tried = ", ".join(label for label, _ in changes)
         return f"{needs}; nothing fits even with every change at once ({tried}): choose a smaller model"
