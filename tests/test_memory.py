@@ -253,15 +253,16 @@ def rehearsal_arguments(report: dict, name: str, model: Path, work: Path) -> lis
     )
 
 
-def model_with_parameters(shape: str, parameters: int, folder: Path) -> Path:
-    """The bench shape at the depth that has this many parameters (the rehearsal's random-weight model)."""
-    config = json.loads((BENCH_MODELS / shape / "config.json").read_text())
+def model_with_parameters(parameters: int, folder: Path) -> Path:
+    """The bench shape, at the depth, that has this many parameters (the rehearsal's random-weight model)."""
     folder.mkdir()
-    for layers in range(1, config["num_hidden_layers"] + 1):
-        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
-        if read_model_facts(str(folder)).num_parameters == parameters:
-            return folder
-    raise AssertionError(f"no depth of {shape} has {parameters} parameters")
+    for shape in sorted(BENCH_MODELS.iterdir()):
+        config = json.loads((shape / "config.json").read_text())
+        for layers in range(1, config["num_hidden_layers"] + 1):
+            (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+            if read_model_facts(str(folder)).num_parameters == parameters:
+                return folder
+    raise AssertionError(f"no depth of any shape in bench/models has {parameters} parameters")
 
 
 def test_every_gpu_rehearsal_is_checked():
@@ -276,7 +277,7 @@ def test_the_estimate_is_within_15_percent_of_each_rehearsed_peak(path, tmp_path
     buffers, and the allocator's slack is fitted on one GPU to a reserve that rehearsals do not follow (their
     reserve runs about twice their allocation, bench/README.md)."""
     report = json.loads(path.read_text())
-    model = model_with_parameters("llama-3.1-8b", report["parameters"], tmp_path / "model")
+    model = model_with_parameters(report["parameters"], tmp_path / "model")
     args = rehearsal_arguments(report, path.stem, model, tmp_path)
     log = path.parent.parent / f"{path.stem}.log"
     device = next(line for line in log.read_text().splitlines() if line.startswith("  GPUs ")).split("] ")[1]
