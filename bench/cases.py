@@ -31,6 +31,8 @@ class Case:
     search: str = ""  # cases sharing a search run in order until one trains to its end; the rest are skipped
     label: str = ""  # appended to the name, e.g. "llamafactory-defaults"
     expected_s: int = 120  # rough wall time, to skip a case that cannot finish before the deadline
+    strategy: str = "ddp"  # the product's --strategy
+    processes: int = 1  # GPUs the run trains on (--processes); 1 leaves the others of a larger machine idle
 
     @property
     def family(self) -> str:
@@ -38,6 +40,8 @@ class Case:
         depth = f"{self.layers}L" if self.layers else "full-depth"
         accumulation = f"x{self.grad_accum}" if self.grad_accum > 1 else ""
         label = f"{self.shape}-{depth}-{self.finetuning}-b{self.batch}{accumulation}x{self.seq}"
+        if self.processes > 1:
+            label += f"-{self.strategy}x{self.processes}"
         return label + (f"-r{self.repeat}" if self.repeat else "")
 
     @property

@@ -208,6 +208,24 @@ def micro_batch_sweep_8b(batches=(1, 2, 4)):
     ]
 
 
+# The 1B at full depth, 4 x 2048 per GPU, compiled: data parallel fits one H100 with room (results/memory/), so
+# every strategy runs the same shape and each can be set beside one GPU at the same optimizer batch.
+SEVERAL_GPUS = dict(shape="llama-3.2-1b", layers=None, finetuning="full", compile=True, steps=20, warmup_steps=8)
+
+
+def several_gpus(strategy: str, processes: int = 2):
+    """One strategy over `processes` GPUs of one machine, through the product's real launch, BF16 and FP8 (under
+    DeepSpeed FP8 is expected to stay off and the run to fail at once: accelerate#3360), after one GPU accumulating
+    `processes` micro-batches a step (the same optimizer batch): tokens/s per GPU, rank 0's peak memory, and the
+    loss against one GPU's, in one call of about 8 minutes."""
+    one_gpu = [Case(**SEVERAL_GPUS, precision=p, grad_accum=processes, expected_s=120) for p in ("bf16", "fp8")]
+    sharded = [
+        Case(**SEVERAL_GPUS, precision=p, strategy=strategy, processes=processes, expected_s=120)
+        for p in ("bf16", "fp8")
+    ]
+    return one_gpu + sharded
+
+
 PLANS = {
     "smoke": pairs("llama-3.2-1b", 4, "full", steps=20),
     "small": pairs("llama-3.2-1b", None, "full", bf16_eager=True) + pairs("qwen2.5-3b", 12, "full"),
@@ -248,4 +266,8 @@ PLANS = {
     "parity-1b": parity_1b(),
     "end-to-end-8b": end_to_end_8b(),
     "sweep-8b": micro_batch_sweep_8b(),
+    # issue 20, the day a machine with two GPUs is lent: a call each
+    "gpus-2-ddp": several_gpus("ddp"),
+    "gpus-2-fsdp2": several_gpus("fsdp2"),
+    "gpus-2-zero3": several_gpus("deepspeed-zero3"),
 }

@@ -159,8 +159,8 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
     profile_dir = work / "profiles" / case.name
     keys = training_keys(case, model, data, output_dir)
     args = [
-        # the bench measures what each case takes on one GPU: the launcher's estimate must not refuse a case, nor move
-        # it to CPU offload (as it did in results/batch8-offloaded/)
+        # the bench measures what each case takes under its own strategy and GPUs: the launcher's estimate must not
+        # refuse a case, nor move it to CPU offload (as it did in results/batch8-offloaded/)
         sys.executable,
         "-m",
         "llamafactory_fp8",
@@ -169,7 +169,9 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
         f"--{case.precision}",
         "--no-memory-check",
         "--strategy",
-        "ddp",
+        case.strategy,
+        "--processes",
+        str(case.processes),
         *(("--backend", case.backend) if case.precision == "fp8" else ()),
         *(f"{key}={value}" for key, value in keys.items()),
     ]

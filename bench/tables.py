@@ -70,6 +70,61 @@ def ratio_table(results: list[Result]) -> list[dict]:
     return rows
 
 
+def several_gpus_table(results: list[Result]) -> list[dict]:
+    """One row per run over several GPUs: tokens/s per GPU (LLaMA-Factory counts every rank's tokens) against one
+    GPU at the same precision and optimizer batch (accumulating as many micro-batches as there are GPUs), rank 0's
+    peak memory, and the loss at the last common step against that one GPU's."""
+    one_gpu = {
+        (same_model(r.case), r.case.batch * r.case.grad_accum, r.case.precision): r
+        for r in results
+        if r.case.processes == 1 and r.exit_code == 0
+    }
+    rows = []
+    for r in results:
+        if r.case.processes == 1:
+            continue
+        per_gpu = r.tokens_per_s / r.case.processes if r.tokens_per_s else None
+        row = {
+            "run": r.case.name,
+            "strategy": r.case.strategy,
+            "gpus": r.case.processes,
+            "precision": r.case.precision,
+            "exit": r.exit_code,
+            "tokens_per_s_per_gpu": per_gpu and round(per_gpu),
+            "peak_allocated_gib": r.peak_allocated_gib,
+        }
+        alone = one_gpu.get((same_model(r.case), r.case.batch * r.case.processes, r.case.precision))
+        if alone and per_gpu and alone.tokens_per_s:
+            row["per_gpu_vs_one_gpu"] = round(per_gpu / alone.tokens_per_s, 3)
+        common = sorted(set(r.losses) & set(alone.losses)) if alone else []
+        if common:
+            last = common[-1]
+            row["loss_step"] = last
+            row["loss_rel_diff_vs_one_gpu"] = round((r.losses[last] - alone.losses[last]) / alone.losses[last], 4)
+        rows.append(row)
+    return rows
+
+
+def several_gpus_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Several GPUs of one machine, against one GPU at the same precision and optimizer batch:",
+        "",
+        "| run | strategy | GPUs | precision | exit | tokens/s per GPU | per GPU / one GPU | rank 0 peak alloc GiB "
+        "| loss rel. diff vs one GPU (step) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['run']} | {row['strategy']} | {row['gpus']} | {row['precision']} | {row['exit']} | "
+            f"{row['tokens_per_s_per_gpu']} | {row.get('per_gpu_vs_one_gpu')} | {row['peak_allocated_gib']} | "
+            f"{row.get('loss_rel_diff_vs_one_gpu')} ({row.get('loss_step')}) |"
+        )
+    return lines
+
+
 def same_model(case: Case) -> tuple:
     return case.shape, case.layers, case.finetuning, case.seq
 
@@ -115,6 +170,7 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
                 f"{row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
             )
     lines += parity_markdown(rows)
+    lines += several_gpus_markdown(several_gpus_table(results))
     lines += breakdown_markdown(results)
     return "\n".join(lines) + "\n"
 
@@ -193,7 +249,13 @@ def short_kernel_name(name: str) -> str:
 def write_report(stem: Path, env: dict, command: str, results: list[Result]) -> str:
     rows = ratio_table(results)
     report = markdown(env, results, rows, command)
-    payload = {"environment": env, "command": command, "results": [asdict(r) for r in results], "ratios": rows}
+    payload = {
+        "environment": env,
+        "command": command,
+        "results": [asdict(r) for r in results],
+        "ratios": rows,
+        "several_gpus": several_gpus_table(results),
+    }
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
     stem.with_suffix(".md").write_text(report)
     if any(row.get("parity") for row in rows):

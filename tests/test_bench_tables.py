@@ -1,6 +1,8 @@
 """The bench's reading of long runs and searches, on made-up results (no GPU): the parity record, the loss plot,
 the largest batch a search found, and which cases share the GPU."""
 
+import json
+
 from bench.cases import Case, Result
 from bench.parity import parity
 from bench.runner import batches, settled
@@ -67,3 +69,23 @@ def test_only_runs_that_measure_no_speed_share_the_gpu():
     timed = Case(**SHAPE, precision="fp8")
     memory = Case(**SHAPE, precision="bf16", memory_only=True)
     assert batches([*loss, timed, memory, memory], parallel=2) == [loss[:2], loss[2:], [timed], [memory, memory]]
+
+
+def test_a_run_over_several_gpus_is_set_against_one_gpu_at_its_precision_and_optimizer_batch(tmp_path):
+    from bench.plans import PLANS
+
+    one_bf16, one_fp8, two_bf16, two_fp8 = PLANS["gpus-2-fsdp2"]
+    results = [
+        Result(one_bf16, 0, tokens_per_s=10_000.0, losses={10: 5.0, 20: 4.0}),
+        Result(one_fp8, 0, tokens_per_s=13_000.0, losses={10: 5.1, 20: 4.1}),
+        Result(two_bf16, 0, tokens_per_s=18_000.0, losses={10: 5.0, 20: 4.02}, peak_allocated_gib=20.0),
+        Result(two_fp8, 1, losses={10: 5.1}),
+    ]
+    env = {"device": "test", "date": "today", "driver": None, "cuda_driver": None, "packages": {}}
+    report = write_report(tmp_path / "gpus-2-fsdp2", env, "command", results)
+    bf16, fp8 = json.loads((tmp_path / "gpus-2-fsdp2.json").read_text())["several_gpus"]
+    assert (bf16["strategy"], bf16["gpus"], bf16["tokens_per_s_per_gpu"]) == ("fsdp2", 2, 9000)
+    assert bf16["per_gpu_vs_one_gpu"] == 0.9 and bf16["loss_rel_diff_vs_one_gpu"] == 0.005
+    assert (fp8["exit"], fp8["tokens_per_s_per_gpu"], fp8["loss_step"]) == (1, None, 10)
+    assert fp8["loss_rel_diff_vs_one_gpu"] == 0.0  # against one GPU's FP8, not its BF16
+    assert f"| {two_bf16.name} | fsdp2 | 2 | bf16 | 0 | 9000 | 0.9 | 20.0 | 0.005 (20) |" in report

@@ -83,18 +83,19 @@ def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
     return launcher_arguments(run_bench, lambda: run_bench.run_case(case, model, work / "data", work, work, None))
 
 
-def profile_for(device: str) -> str:
-    """The recorded NVML profile of the GPU the run measured on."""
-    for path in sorted(PROFILES.glob("*.json")):
+def profile_for(device: str, gpus: int = 1) -> str:
+    """The recorded NVML profile with the fewest, and at least `gpus`, of the GPU the run measured on."""
+    for path in sorted(PROFILES.glob("*.json"), key=lambda path: len(json.loads(path.read_text()).get("devices", []))):
         devices = json.loads(path.read_text()).get("devices", [])
         if (
-            len(devices) == 1
-            and devices[0]["name"] == device
-            and not devices[0].get("mig_mode")
-            and not devices[0].get("ecc_uncorrected")
+            len(devices) >= gpus
+            and {d["name"] for d in devices} == {device}
+            and not any(d.get("mig_mode") or d.get("ecc_uncorrected") for d in devices)
         ):
             return path.stem
-    raise AssertionError(f"no recorded NVML profile for {device}: record one with scripts/record_nvml_profile.py")
+    raise AssertionError(
+        f"no recorded NVML profile with {gpus} x {device}: record one with scripts/record_nvml_profile.py"
+    )
 
 
 def strategy_that_ran(log: Path) -> str:
@@ -138,7 +139,7 @@ def replay(
     else:
         args += ["--strategy", strategy_that_ran(log_of(run_bench, path, result))]
 
-    nvml_profile(profile_for(payload["environment"]["device"]))
+    nvml_profile(profile_for(payload["environment"]["device"], case.processes))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
     monkeypatch.setattr(capabilities, "_installed", lambda module: True)  # bitsandbytes for QLoRA, there
     out = io.StringIO()
@@ -293,3 +294,30 @@ def test_the_estimate_is_within_15_percent_of_each_rehearsed_peak(path, tmp_path
     )
     estimate, measured = decision["memory"]["allocated_gib"], report["memory"]["peak_allocated_gib"]
     assert abs(estimate / measured - 1) <= TOLERANCE, f"estimated {estimate:.2f} GiB, measured {measured} GiB"
+
+
+SEVERAL_GPU_PLANS = ("gpus-2-ddp", "gpus-2-fsdp2", "gpus-2-zero3")
+
+
+@pytest.mark.parametrize("plan", SEVERAL_GPU_PLANS)
+def test_the_several_gpu_plans_launch_what_they_name_and_fit_two_h100s(plan, run_bench, tmp_path, nvml_profile):
+    """Ready for the day two GPUs are lent: each case, as the bench launches it but without its --no-memory-check,
+    is planned on the GPUs and strategy it names, and fits an H100 with its margin."""
+    model = tmp_path / "model"
+    model.mkdir()
+    nvml_profile(profile_for("NVIDIA H100 80GB HBM3", 2))
+    run_bench.runner.build_corpus(tmp_path, 0.01)
+    for case in run_bench.PLANS[plan]:
+        (model / "config.json").write_text(json.dumps(run_bench.runner.model_config(case.shape, case.layers)))
+        args = [arg for arg in bench_arguments(run_bench, case, model, tmp_path) if arg != "--no-memory-check"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert main([*args, "--dry-run", "--json"]) == 0, case.name
+        plan_json = json.loads(out.getvalue())
+        decision = plan_json["decision"]
+        assert (decision["precision"], decision["strategy"]["strategy"]["name"], decision["world_size"]) == (
+            case.precision,
+            case.strategy,
+            case.processes,
+        ), case.name
+        assert decision["memory"]["total_gib"] + decision["memory"]["margin_gib"] <= 80, case.name
