@@ -185,3 +185,6 @@ def test_a_rehearsal_needs_only_rank_0s_share_of_the_nodes_memory_here(planner):
     )
     with pytest.raises(DoesNotFit, match=loads):
         planner("h100-sxm", keys, host_gib=16.0, rehearsal=True, processes=8, precision="fp8")
+    offloaded = r"with CPU offload ~\d+ GiB per GPU and ~10\d\d GiB of CPU memory \(1024 on a node of 8 such GPUs"
+    with pytest.raises(DoesNotFit, match=offloaded):  # the 70B's plan over 8: rank 0 alone needs more than 128 GiB
+        planner("h100-sxm", SEVENTY_B_FULL, host_gib=128.0, rehearsal=True, processes=8)
