@@ -93,7 +93,7 @@ def several_gpus_table(results: list[Result]) -> list[dict]:
             "tokens_per_s_per_gpu": per_gpu and round(per_gpu),
             "peak_allocated_gib": r.peak_allocated_gib,
         }
-        alone = one_gpu.get((same_model(r.case), r.case.batch * r.case.processes, r.case.precision))
+        alone = one_gpu.get((same_model(r.case), r.case.batch * r.case.grad_accum * r.case.processes, r.case.precision))
         if alone and per_gpu and alone.tokens_per_s:
             row["per_gpu_vs_one_gpu"] = round(per_gpu / alone.tokens_per_s, 3)
         common = sorted(set(r.losses) & set(alone.losses)) if alone else []
