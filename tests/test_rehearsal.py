@@ -81,6 +81,7 @@ REHEARSALS = [
     pytest.param("fsdp2", ("--bf16",), id="fsdp2-bf16-full"),
     pytest.param("fsdp2", ("--bf16", *LORA), id="fsdp2-bf16-lora", marks=pytest.mark.slow_sharded),
     pytest.param("deepspeed-zero3", (), id="zero3-fp32-full"),
+    pytest.param("deepspeed-zero2", (), id="zero2-fp32-full", marks=pytest.mark.slow_sharded),
 ]
 
 
@@ -103,7 +104,10 @@ def test_a_rehearsal_runs_rank_0_of_four_alone_and_reports_what_it_measured(stra
     assert report["memory"]["estimate_gib"] is None  # the memory model estimates GPUs only
     (rank0,) = probes(output_dir)  # one process, rank 0 of 4, holding a quarter of every parameter
     assert (rank0["rank"], rank0["world_size"]) == (0, 4)
-    assert rank0["local_numel"] == report["parameters"] / 4 == rank0["full_numel"] / 4
+    assert rank0["full_numel"] == report["parameters"]
+    whole_weights = strategy == "deepspeed-zero2"  # ZeRO-2 partitions the optimizer's states only
+    assert rank0["local_numel"] == report["parameters"] / (1 if whole_weights else 4)
+    assert rank0["exp_avg_numel"] == report["trainable_parameters"] / 4
     strategy_record = BY_NAME[strategy]
     expected = estimate_communication(
         strategy_record,
