@@ -104,7 +104,13 @@ def planner(nvml_profile, tmp_path, monkeypatch):
         path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **keys}))
         found = inspect_run(Request(config=path, **flags))
         return make_plan(
-            replace(found, installed_backends=backends, installed_strategies=strategies, host_memory_gib=host_gib)
+            replace(
+                found,
+                installed_backends=backends,
+                installed_strategies=strategies,
+                host_memory_gib=host_gib,
+                host_memory_is_this_machines=True,
+            )
         )
 
     return plan

@@ -4,6 +4,7 @@ says what it replaced; auto takes the fastest that fits in memory and says why."
 import json
 
 import pytest
+import yaml
 from llamafactory_fp8.errors import ConfigInvalid, DoesNotFit
 
 from .conftest import ALL_STRATEGIES, model_dir, run_cli
@@ -188,3 +189,17 @@ def test_a_rehearsal_needs_only_rank_0s_share_of_the_nodes_memory_here(planner):
     offloaded = r"with CPU offload ~\d+ GiB per GPU and ~10\d\d GiB of CPU memory \(1024 on a node of 8 such GPUs"
     with pytest.raises(DoesNotFit, match=offloaded):  # the 70B's plan over 8: rank 0 alone needs more than 128 GiB
         planner("h100-sxm", SEVENTY_B_FULL, host_gib=128.0, rehearsal=True, processes=8)
+
+
+def test_a_rehearsal_takes_the_node_memory_setting_as_the_jobs_node(tmp_path):
+    """LLAMAFACTORY_FP8_HOST_MEMORY_GIB names the node the plan is for: in a rehearsal, the job's node."""
+    args = ("rehearse", str(tmp_path / "train.yaml"), "--fp8", "--processes", "8", "--dry-run")
+    (tmp_path / "train.yaml").write_text(
+        yaml.safe_dump({**EIGHT_B_FULL, "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 2})
+    )
+    small = run_cli(*args, profile="h100-sxm", LLAMAFACTORY_FP8_HOST_MEMORY_GIB="128")
+    assert small.returncode == DoesNotFit.exit_code
+    assert "each load the whole model first: ~2" in small.stderr
+    assert "GiB of CPU memory (128 for the job's node (LLAMAFACTORY_FP8_HOST_MEMORY_GIB))" in small.stderr
+    roomy = run_cli(*args, profile="h100-sxm", LLAMAFACTORY_FP8_HOST_MEMORY_GIB="2048")
+    assert roomy.returncode == 0 and "FSDP2 over 8" in roomy.stdout, roomy.stderr

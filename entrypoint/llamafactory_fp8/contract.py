@@ -148,7 +148,10 @@ HOST_MEMORY_GIB = Setting(
     name="LLAMAFACTORY_FP8_HOST_MEMORY_GIB",
     parse=lambda raw: float(_whole(raw, 1)),
     default=None,
-    doc="the node's CPU memory the plan may use, in GiB (default: the container's memory limit, else the machine's)",
+    doc=(
+        "the node's CPU memory the plan may use, in GiB (default: the container's memory limit, else the machine's; "
+        "for a rehearsal, the job's node's: by default N times this machine's for N GPUs like this one)"
+    ),
     set_by="user",
 )
 NNODES = Setting(name="NNODES", parse=_positive_int, default=1, doc="nodes in the job (torchrun's name)", set_by="user")

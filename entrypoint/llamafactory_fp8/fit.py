@@ -62,9 +62,8 @@ class Capacity:
     """The smallest GPU's memory."""
     host_gib: float | None
     """The node's memory, which loading and CPU offloading fill; None: unknown."""
-    host_scale: int = 1
-    """A rehearsal's node has this many times this machine's GPUs, and is taken to have as many times its memory
-    (cloud machines scale so), which leaves rank 0 its share here; 1: the node is this machine."""
+    host_origin: str = "here"
+    """Where host_gib comes from, in words after the figure: this machine, or a rehearsed job's node."""
     installed: frozenset[str]
     """The strategies this environment could run."""
     one_process_only: bool
@@ -74,11 +73,7 @@ class Capacity:
         return estimate.fits(self.gpu_gib, self.host_gib)
 
     def host_words(self) -> str:
-        """The node's memory in GiB, and where it comes from."""
-        if self.host_scale == 1:
-            return f"{self.host_gib:.0f} here"
-        here = self.host_gib / self.host_scale
-        return f"{self.host_gib:.0f} on a node of {self.host_scale} such GPUs, {self.host_scale} x the {here:.0f} here"
+        return f"{self.host_gib:.0f} {self.host_origin}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -85,10 +85,25 @@ class Inspection:
     installed_strategies: frozenset[str]
     """The strategies this environment could run."""
     host_memory_gib: float | None
-    """This node's memory, which CPU offloading fills."""
+    """The node's memory, which loading and CPU offloading fill."""
+    host_memory_is_this_machines: bool = True
+    """Read from this machine, not given by LLAMAFACTORY_FP8_HOST_MEMORY_GIB (which a rehearsal takes as the job's
+    node's)."""
 
     def resolve(self, path: str | Path) -> Path:
         return self.workdir / path
+
+    def node_memory(self, processes: int) -> tuple[float | None, str]:
+        """The CPU memory of the node a plan of `processes` per node is for, and where the figure comes from. A
+        rehearsal plans for the job's node: LLAMAFACTORY_FP8_HOST_MEMORY_GIB where given, else N times this
+        machine's for N GPUs like its own (cloud machines scale so), which leaves rank 0 its share here."""
+        here, gpus = self.host_memory_gib, self.gpus.count
+        if not (self.request.rehearsal and processes > gpus) or here is None:
+            return here, "here"
+        if not self.host_memory_is_this_machines:
+            return here, f"for the job's node ({contract.HOST_MEMORY_GIB.name})"
+        scale = processes // gpus
+        return here * scale, f"on a node of {scale} such GPUs, {scale} x the {here:.0f} here"
 
 
 def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> Inspection:
@@ -163,6 +178,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         installed_backends=installed_fp8_backends(),
         installed_strategies=installed_strategies(),
         host_memory_gib=_host_memory_gib(environ),
+        host_memory_is_this_machines=contract.HOST_MEMORY_GIB.read(environ) is None,
     )
 
 

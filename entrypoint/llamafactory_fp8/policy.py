@@ -111,11 +111,11 @@ def decide(inspection: Inspection) -> Decision:
     processes = _processes(inspection.request, 1 if mig else gpus.count)
     world = processes * inspection.topology.num_machines
     reasons.extend(gpus.notes)
-    host_scale = processes // gpus.count if inspection.request.rehearsal and processes > gpus.count else 1
+    host_gib, host_origin = inspection.node_memory(processes)
     capacity = Capacity(
         gpu_gib=min(gpu.memory_total_gib for gpu in gpus.gpus),
-        host_gib=inspection.host_memory_gib * host_scale if inspection.host_memory_gib else None,
-        host_scale=host_scale,
+        host_gib=host_gib,
+        host_origin=host_origin,
         installed=inspection.installed_strategies,
         one_process_only=mig,
     )
