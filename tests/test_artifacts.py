@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from llamafactory_fp8 import errors
-from llamafactory_fp8.errors import STOPPED_EXIT_CODE
+from llamafactory_fp8.errors import STOPPED_EXIT_CODE, DoesNotFit
 
-from .conftest import BENCH_MODELS, ROOT
+from .conftest import BENCH_MODELS, ROOT, model_dir
 
 TOOLS = Path(sys.executable).parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -100,6 +100,29 @@ def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
     for job in documents(rendered, "Job"):
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == plan.decision.processes_per_node
+
+
+def test_the_jobs_memory_limit_holds_the_plan_for_its_own_training_yaml(planner, rendered):
+    """The launcher reads the container's limit: the ConfigMap's run gets the plan it gets on an unlimited node,
+    and a 70B in its place is refused before loading rather than killed in it."""
+    config_maps = documents(rendered, "ConfigMap")  # the base's, in each rendering
+    assert all(config_map["data"] == config_maps[0]["data"] for config_map in config_maps)
+    keys = yaml.safe_load(config_maps[0]["data"]["train.yaml"])
+    planned = {k: keys[k] for k in ("finetuning_type", "cutoff_len", "per_device_train_batch_size")}
+    planned["model_name_or_path"] = str(BENCH_MODELS / "llama-3.1-8b")  # the ConfigMap's model, by its config.json
+    unlimited = planner("h100-sxm-x8", planned, host_gib=2048.0).decision
+    for job in documents(rendered, "Job"):
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        limit = float(container["resources"]["limits"]["memory"].removesuffix("Gi"))
+        assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+        limited = planner("h100-sxm-x8", planned, host_gib=limit).decision
+        assert (limited.precision, limited.strategy.strategy.name) == (
+            unlimited.precision,
+            unlimited.strategy.strategy.name,
+        )
+        assert (unlimited.precision, unlimited.strategy.strategy.name) == ("fp8", "fsdp2")
+        with pytest.raises(DoesNotFit, match=rf"GiB of CPU memory \({limit:.0f} here\)"):
+            planner("h100-sxm-x8", {**planned, "model_name_or_path": str(model_dir("llama-3.1-70b"))}, host_gib=limit)
 
 
 def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered):
