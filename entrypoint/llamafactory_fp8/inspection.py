@@ -98,7 +98,7 @@ class Inspection:
         rehearsal plans for the job's node: LLAMAFACTORY_FP8_HOST_MEMORY_GIB where given, else N times this
         machine's for N GPUs like its own (cloud machines scale so), which leaves rank 0 its share here."""
         here, gpus = self.host_memory_gib, self.gpus.count
-        if not (self.request.rehearsal and processes > gpus) or here is None:
+        if not (self.request.rehearsal and processes > gpus > 0) or here is None:
             return here, "here"
         if not self.host_memory_is_this_machines:
             return here, f"for the job's node ({contract.HOST_MEMORY_GIB.name})"
