@@ -208,6 +208,18 @@ def micro_batch_sweep_8b(batches=(1, 2, 4)):
     ]
 
 
+def micro_batch_sweep_lora_8b(batches=(1, 2, 4)):
+    """Compiled BF16 against the product's FP8 for the 8B's LoRA (r16, every linear layer, checkpointing, LLaMA-
+    Factory's default) at few sequences per step, 50 steps: does a short run at batch 1 lose to BF16 through
+    compile or fixed per-step costs? Steady tokens/s and the wall time to each logged step (`seconds_to_step`)."""
+    options = dict(LORA_8B, steps=50, warmup_steps=10, grad_ckpt=True, expected_s=150)
+    return [
+        Case(**dict(options, batch=batch), precision=precision, compile=True)
+        for batch in batches
+        for precision in ("bf16", "fp8")
+    ]
+
+
 # The 1B at full depth, 4 x 2048 per GPU, compiled: data parallel fits one H100 with room (results/memory/), so
 # every strategy runs the same shape and each can be set beside one GPU at the same optimizer batch.
 SEVERAL_GPUS = dict(shape="llama-3.2-1b", layers=None, finetuning="full", compile=True, steps=20, warmup_steps=8)
@@ -266,6 +278,8 @@ PLANS = {
     "parity-1b": parity_1b(),
     "end-to-end-8b": end_to_end_8b(),
     "sweep-8b": micro_batch_sweep_8b(),
+    "sweep-lora-8b": micro_batch_sweep_lora_8b(),
+    "sweep-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,)),
     # issue 20, the day a machine with two GPUs is lent: a call each
     "gpus-2-ddp": several_gpus("ddp"),
     "gpus-2-fsdp2": several_gpus("fsdp2"),

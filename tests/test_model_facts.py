@@ -132,3 +132,19 @@ def test_parameter_counts_of_the_shapes_in_the_repo():
     for name, billions in expected.items():
         config = json.loads((model_dir(name) / "config.json").read_text())
         assert estimate_parameters(config) / 1e9 == pytest.approx(billions, rel=0.01), name
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b", "qwen2.5-7b", "llama-3.2-1b", "llama-3.1-8b"])
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_parameter_counts_equal_transformers_own(name, attention_bias):
+    """Exactly, biases included (Qwen2 always biases q, k and v): a rehearsal's report counts the built model, and
+    its replay finds the shape by this count. Built on the meta device, two layers deep, so nothing is allocated."""
+    import torch
+    import transformers
+
+    config = json.loads((model_dir(name) / "config.json").read_text())
+    config = {**config, "num_hidden_layers": 2, "attention_bias": attention_bias}
+    model_config = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(model_config)
+    assert estimate_parameters(config) == sum(p.numel() for p in model.parameters())

@@ -137,7 +137,7 @@ def estimate_parameters(config: dict) -> int:
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or hidden // heads)
     vocab = int(config["vocab_size"])
-    attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden + _attention_biases(config)
     experts = _experts(config)
     if experts:
         expert = int(config.get("moe_intermediate_size") or config["intermediate_size"])
@@ -148,6 +148,20 @@ def estimate_parameters(config: dict) -> int:
     norms = 2 * hidden
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings", False) else 2)
     return layers * (attention + mlp + norms) + embeddings + hidden
+
+
+def _attention_biases(config: dict) -> int:
+    """Qwen2 always biases its query, key and value projections; Llama-style models bias all four projections
+    where `attention_bias` says so."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    if config.get("model_type") == "qwen2":
+        return head_dim * (heads + 2 * kv_heads)
+    if config.get("attention_bias"):
+        return head_dim * (heads + 2 * kv_heads) + hidden
+    return 0
 
 
 def _experts(config: dict) -> int:
