@@ -226,10 +226,9 @@ SEVERAL_GPUS = dict(shape="llama-3.2-1b", layers=None, finetuning="full", compil
 
 
 def several_gpus(strategy: str, processes: int = 2):
-    """One strategy over `processes` GPUs of one machine, through the product's real launch, BF16 and FP8 (under
-    DeepSpeed FP8 is expected to stay off and the run to fail at once: accelerate#3360), after one GPU accumulating
-    `processes` micro-batches a step (the same optimizer batch): tokens/s per GPU, rank 0's peak memory, and the
-    loss against one GPU's, in one call of about 8 minutes."""
+    """One strategy over `processes` GPUs of one machine, through the product's real launch, BF16 and FP8, after
+    one GPU accumulating `processes` micro-batches a step (the same optimizer batch): tokens/s per GPU, rank 0's
+    peak memory, and the loss against one GPU's, in one call of about 8 minutes."""
     one_gpu = [Case(**SEVERAL_GPUS, precision=p, grad_accum=processes, expected_s=120) for p in ("bf16", "fp8")]
     sharded = [
         Case(**SEVERAL_GPUS, precision=p, strategy=strategy, processes=processes, expected_s=120)

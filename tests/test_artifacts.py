@@ -103,8 +103,9 @@ def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
 
 
 def test_the_jobs_memory_limit_holds_the_plan_for_its_own_training_yaml(planner, rendered):
-    """The launcher reads the container's limit: the ConfigMap's run gets the plan it gets on an unlimited node,
-    and a 70B in its place is refused before loading rather than killed in it."""
+    """The launcher reads the container's limit: the ConfigMap's run gets the plan it gets on an unlimited node, and
+    under FSDP2 as well (each process loads the whole model first); a 70B in its place is refused before loading
+    rather than killed in it."""
     config_maps = documents(rendered, "ConfigMap")  # the base's, in each rendering
     assert all(config_map["data"] == config_maps[0]["data"] for config_map in config_maps)
     keys = yaml.safe_load(config_maps[0]["data"]["train.yaml"])
@@ -120,7 +121,9 @@ def test_the_jobs_memory_limit_holds_the_plan_for_its_own_training_yaml(planner,
             unlimited.precision,
             unlimited.strategy.strategy.name,
         )
-        assert (unlimited.precision, unlimited.strategy.strategy.name) == ("fp8", "fsdp2")
+        assert (unlimited.precision, unlimited.strategy.strategy.name) == ("fp8", "deepspeed-zero2")
+        fsdp2 = planner("h100-sxm-x8", planned, host_gib=limit, strategy="fsdp2").decision  # or an image without it
+        assert (fsdp2.precision, fsdp2.strategy.strategy.name) == ("fp8", "fsdp2")
         with pytest.raises(DoesNotFit, match=rf"GiB of CPU memory \({limit:.0f} here\)"):
             planner("h100-sxm-x8", {**planned, "model_name_or_path": str(model_dir("llama-3.1-70b"))}, host_gib=limit)
 

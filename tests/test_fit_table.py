@@ -92,7 +92,7 @@ def test_auto_plans_what_fits_or_refuses_with_suggestions_that_fit(planner, monk
 EXPECTED = [
     ("h100-sxm-x8", "llama-3.1-70b", "full", "refused"),  # over 1 TB of state; data parallel was planned before
     ("h100-mig-1g10gb", "qwen2.5-7b", "full", "fsdp2-offload"),  # a 10 GB slice: the state in CPU memory, ~8 GiB left
-    ("h100-sxm-x8", "llama-3.1-8b", "full", "fsdp2"),  # FP8, which pays under FSDP2 at 2 x 2048
+    ("h100-sxm-x8", "llama-3.1-8b", "full", "deepspeed-zero2"),  # FP8, which pays under ZeRO-2 at 2 x 2048
     ("h100-sxm-x8", "llama-3.1-8b", "lora", "ddp"),
     ("h100-sxm", "llama-3.1-8b", "lora", "ddp"),
     ("h100-sxm", "llama-3.1-8b", "full", "fsdp2-offload"),  # the state in CPU memory: slow, but it fits
@@ -141,6 +141,6 @@ def test_inspect_prints_the_estimate_per_strategy(tmp_path):
     (ddp,) = [line for line in table if line.strip().startswith("data parallel")]
     assert "does not fit" in ddp
     (chosen,) = [line for line in table if "<- train's choice" in line]
-    assert chosen.strip().startswith("FSDP2 ")
+    assert chosen.strip().startswith("DeepSpeed ZeRO-2 ")
     (tip,) = [line for line in text.splitlines() if line.startswith("  - tip: ")]
-    assert "per_device_train_batch_size: 8" in tip  # 2 x 2048 tokens per micro-batch; 8 fits under FSDP2
+    assert "per_device_train_batch_size: 8" in tip  # 2 x 2048 tokens per micro-batch; 8 fits under ZeRO-2

@@ -55,7 +55,7 @@ def test_the_shipped_example_gets_fp8_under_fsdp2_on_eight_h100s_once_its_config
     assert result.returncode == 0, result.stderr
     assert f"~8.03B parameters (config.json from the Hugging Face Hub ({hub}, revision main))" in result.stdout
     assert "FP8 (torchao) on cuda, 8 processes" in result.stdout
-    assert "FP8 under FSDP2: measured faster than BF16 from 4096 tokens per micro-batch" in result.stdout
+    assert "FP8 under DeepSpeed ZeRO-2: measured faster than BF16 from 4096 tokens per micro-batch" in result.stdout
     assert FakeHub.requests and all(path == f"/{GATED}/resolve/main/config.json" for path in FakeHub.requests), (
         "config.json alone"
     )
@@ -66,7 +66,7 @@ def test_the_shipped_example_at_one_sequence_per_gpu_trains_in_bf16_and_says_why
     assert result.returncode == 0, result.stderr
     assert "BF16 on cuda, 8 processes" in result.stdout
     assert (
-        "BF16 because under FSDP2 FP8 ran slower than BF16 below 4096 tokens per micro-batch, "
+        "BF16 because under DeepSpeed ZeRO-2 FP8 was measured faster than BF16 only from 4096 tokens per micro-batch, "
         "and this run's is at most 1 x 2048"
     ) in result.stdout
 

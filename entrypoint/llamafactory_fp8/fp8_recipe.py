@@ -80,7 +80,12 @@ RECIPES = {
             "tensorwise scaling; under FSDP2 each weight shard is cast to FP8 before the all-gather",
             fsdp_float8_all_gather=True,
         ),
-        Fp8Recipe("tensorwise-pow2", "tensorwise scaling with scales rounded to powers of 2", power_of_2_scales=True),
+        Fp8Recipe(
+            "tensorwise-pow2",
+            "tensorwise scaling with scales rounded to powers of 2 (its loss sat 1.2% above BF16's at the 1B over 300 "
+            "steps, outside the noise: bench/results/parity-1b)",
+            power_of_2_scales=True,
+        ),
         Fp8Recipe(
             "rowwise",
             "rowwise scaling (one scale per row, powers of 2), CUTLASS rowwise GEMMs",

@@ -104,8 +104,8 @@ def decide(inspection: Inspection) -> Decision:
     warnings: list[str] = []
     if backend is not None and given is not None and not given.strategy.carries_fp8:
         warnings.append(
-            f"FP8 may stay off under {given.strategy.label} (accelerate#3360); "
-            "the patched LLaMA-Factory then fails the run"
+            f"FP8 never ran under {given.strategy.label}; "
+            "the patched LLaMA-Factory fails the run if no layer runs in FP8"
         )
     mig = any(gpu.is_mig_slice for gpu in gpus.gpus)
     processes = _processes(inspection.request, 1 if mig else gpus.count)
@@ -139,6 +139,8 @@ def decide(inspection: Inspection) -> Decision:
         if source != "auto" or backend is None:
             raise
         fitted, slower = None, "FP8 fits under no strategy that carries it"
+    if source != "auto" and slower is not None:
+        warnings.append(f"{slower}; FP8 kept, as asked")
     if source == "auto" and slower is not None:
         # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, or none fits, auto takes
         # BF16 if it fits
@@ -165,14 +167,14 @@ def decide(inspection: Inspection) -> Decision:
 
 
 def _fp8_slower_under(strategy: Strategy, training: TrainingConfig) -> str | None:
-    """Why FP8 would run slower than BF16 under this strategy at this run's micro-batch; None where it pays."""
+    """Why FP8 is not known to pay under this strategy at this run's micro-batch; None where it was measured to."""
     tokens = training.micro_batch_size * training.cutoff_len
     if strategy.fp8_pays_from_tokens is None:
         return f"FP8 was never measured faster than BF16 under {strategy.label} (bench/README.md)"
     if tokens < strategy.fp8_pays_from_tokens:
         return (
-            f"under {strategy.label} FP8 ran slower than BF16 below {strategy.fp8_pays_from_tokens} tokens per "
-            f"micro-batch, and this run's is at most {training.micro_batch_size} x {training.cutoff_len} "
+            f"under {strategy.label} FP8 was measured faster than BF16 only from {strategy.fp8_pays_from_tokens} "
+            f"tokens per micro-batch, and this run's is at most {training.micro_batch_size} x {training.cutoff_len} "
             "(bench/README.md)"
         )
     return None
@@ -288,7 +290,7 @@ def _precision(
     if asked == "auto" and not _fp8_pays(inspection, reasons):
         return _half_precision(gpus, reasons), source, None
     if asked == "auto" and given is not None and not given.strategy.carries_fp8:
-        reasons.append(f"BF16 because FP8 may stay off under {given.strategy.label} (accelerate#3360)")
+        reasons.append(f"BF16 because FP8 never ran under {given.strategy.label}")
         return _half_precision(gpus, reasons), source, None
     reasons.append(f"FP8 through {backend.name}: {backend.why}")
     return "fp8", source, backend

@@ -79,8 +79,8 @@ ZERO2 = Strategy(
     buffers="deepspeed",
     computes_in_bf16=True,
     loads_whole_model_per_process=False,
-    carries_fp8=False,
-    fp8_pays_from_tokens=None,
+    carries_fp8=True,
+    fp8_pays_from_tokens=4096,
     why="gradients and optimizer states split over the GPUs, weights whole on each",
 )
 FSDP2 = Strategy(
@@ -109,7 +109,7 @@ ZERO3 = Strategy(
     buffers="deepspeed",
     computes_in_bf16=True,
     loads_whole_model_per_process=False,
-    carries_fp8=False,
+    carries_fp8=True,
     fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states split over the GPUs",
 )
@@ -144,11 +144,12 @@ ZERO3_OFFLOAD = Strategy(
     why="weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
 )
 
-# Fastest first. Under DeepSpeed, Accelerate may not carry FP8 and FP8 stays off (accelerate#3360; the patched
-# LLaMA-Factory then fails the run): an FP8 run that needs sharding gets FSDP2, which has the same memory terms.
-# FP8 pays: under data parallel, as on one GPU (the size rule in policy.py); under FSDP2, from 2 sequences of 2048
-# per GPU, rank 0 of 8 rehearsed with the layers compiled (bench/results/rehearsal-8b-compile-layers,
-# rehearsal-8b-product); with CPU offload it was never measured.
+# Fastest first: rank 0 of 8 rehearsed on the 8B at 2 x 2048, compiled, steps 0.37 s (ZeRO-2), 0.45 (FSDP2) and
+# 1.09 (ZeRO-3, BF16; Dynamo recompiles DeepSpeed's hooks past its limit). FP8 stays on under both ZeRO stages with
+# the pinned Accelerate (223 of 225 layers; accelerate#3360 is fixed there) and pays: under data parallel, as on one
+# GPU (the size rule in policy.py); under ZeRO-2 (1.22x) and FSDP2, from 2 sequences of 2048 per GPU; under ZeRO-3 it
+# ran at 0.67x (bench/results/rehearsal-8b-zero2, -zero3, rehearsal-8b-compile-layers, rehearsal-8b-product). Under
+# CPU offload it was never measured, and under ZeRO-3's offload never run.
 STRATEGIES = (DDP, ZERO2, FSDP2, ZERO3, FSDP2_OFFLOAD, ZERO3_OFFLOAD)
 BY_NAME = {strategy.name: strategy for strategy in STRATEGIES}
 
