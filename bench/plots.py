@@ -19,9 +19,10 @@ def plot_losses(results: list[Result], path: Path) -> None:
 
     long_runs = [r for r in results if r.case.steps >= LONG_RUN_STEPS and r.losses]
     figure, (curves, distance) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 2))
+    color = {r.case.name: f"C{i}" for i, r in enumerate(long_runs)}  # one colour per run in both panels
     for r in long_runs:
         steps = sorted(r.losses)
-        curves.plot(steps, [r.losses[s] for s in steps], label=r.case.name, linewidth=1)
+        curves.plot(steps, [r.losses[s] for s in steps], label=r.case.name, linewidth=1, color=color[r.case.name])
     curves.set_ylabel("training loss (mean over each logged interval)")
     curves.legend(fontsize=7)
     drawn = set()
@@ -38,7 +39,8 @@ def plot_losses(results: list[Result], path: Path) -> None:
             theirs = trailing_means([base.losses[s] for s in steps], SMOOTHING)
             relative = [100 * (mine / reference - 1) for mine, reference in zip(ours, theirs, strict=True)]
             label = f"{other.case.name}: {relative[-1]:+.2f}% at the end"
-            distance.plot(steps, relative, label=label, linewidth=1.5 if other is fp8 else 1)
+            width = 1.5 if other is fp8 else 1
+            distance.plot(steps, relative, label=label, linewidth=width, color=color[other.case.name])
     distance.axhline(0, color="grey", linewidth=0.8)
     distance.set_xlabel("step")
     distance.set_ylabel(f"% from the first BF16 run\n(mean of the last {PARITY_WINDOW} steps)")
