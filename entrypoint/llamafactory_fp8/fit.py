@@ -252,8 +252,10 @@ def _explain_given(
         reasons.append(f"memory {size} {of}")
         return
     host = ""
+    if estimate.load_gib > capacity.gpu_gib:
+        host = f", and ~{estimate.load_gib:.0f} GiB on each GPU while it loads the whole model"
     if not estimate.host_fits(capacity.host_gib):
-        host = f", and ~{estimate.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
+        host += f", and ~{estimate.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
     warnings.append(
         f"{strategy.label} needs {size} (+{estimate.margin_gib:.0f} margin) {of}{host}: it may run out of memory"
     )
@@ -306,11 +308,10 @@ def does_not_fit(shape: RunShape, capacity: Capacity) -> str:
     best = min((shape.estimate(s) for s in usable if s.weights != "offloaded"), key=lambda e: e.total_gib)
     run = f"does not fit: {training.finetuning_type} fine-tuning of {model.billions:.1f}B parameters"
     where = layout(BY_NAME[best.strategy], shape.world_size)
-    if best.total_gib + best.margin_gib <= capacity.gpu_gib and not best.host_fits(capacity.host_gib):
+    if best.total_gib + best.margin_gib <= capacity.gpu_gib and best.load_gib > capacity.gpu_gib:
         needs = (
-            f"{run} fits the GPUs at ~{best.total_gib:.0f} GiB each ({where}) but its {shape.processes_per_node} "
-            f"processes each load the whole model first: ~{best.host_gib:.0f} GiB of CPU memory "
-            f"({capacity.host_words()})"
+            f"{run} fits the GPUs at ~{best.total_gib:.0f} GiB each ({where}) but each process loads the whole "
+            f"model onto its GPU first: ~{best.load_gib:.0f} GiB, and a GPU here has {capacity.gpu_gib:.0f}"
         )
     else:
         needs = (

@@ -82,13 +82,14 @@ def unmodeled(training: TrainingConfig) -> str | None:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Per GPU, in GiB: the named terms; `host_gib` is the CPU memory a node needs at its peak: an
-    offloading strategy's state, or the whole model loaded by each process before it is sharded."""
+    """Per GPU, in GiB: the named terms; `host_gib` is the CPU memory a node needs at its peak (an offloading
+    strategy's state); `load_gib` what a GPU holds while its process loads the whole model, before sharding."""
 
     strategy: str
     world_size: int
     terms: tuple[tuple[str, float], ...]
     host_gib: float = 0.0
+    load_gib: float = 0.0
     margin_gib: float = 0.0  # MARGIN of the terms that were fitted or not measured
     total_gib: float = field(init=False)
     allocator_gib: float = field(init=False)  # what PyTorch's allocator reserves at the peak: what the bench records
@@ -102,7 +103,7 @@ class MemoryEstimate:
         object.__setattr__(self, "allocated_gib", self.allocator_gib - slack)
 
     def fits(self, gpu_gib: float, host_gib: float | None = None) -> bool:
-        return self.total_gib + self.margin_gib <= gpu_gib and self.host_fits(host_gib)
+        return self.total_gib + self.margin_gib <= gpu_gib and self.load_gib <= gpu_gib and self.host_fits(host_gib)
 
     def host_fits(self, host_gib: float | None) -> bool:
         return host_gib is None or self.host_gib <= host_gib * (1 - HOST_HEADROOM)
@@ -170,11 +171,12 @@ def estimate(
         if placement == "offloaded"
     )
     host = offloaded * processes_per_node / world_size / GIB
-    if strategy.loads_whole_model_per_process:  # as LLaMA-Factory holds it before sharding: trainable weights in fp32
-        host = max(host, processes_per_node * (params.trainable * weight_bytes + params.frozen_bytes) / GIB)
+    load = 0.0
+    if strategy.loads_whole_model_onto_gpu and world_size > 1:  # trainable weights in fp32, as LLaMA-Factory upcasts
+        load = (params.trainable * weight_bytes + params.frozen_bytes) / GIB + CUDA_CONTEXT_GIB
     measured_exactly = ("weights", "optimizer states", "activations, logits and gradients at the peak")
     unmeasured = fitted / GIB + sum(value for name, value in gib if name not in measured_exactly)
-    return MemoryEstimate(strategy.name, world_size, tuple(gib), host, MARGIN * unmeasured)
+    return MemoryEstimate(strategy.name, world_size, tuple(gib), host, load, MARGIN * unmeasured)
 
 
 def optimizer_state_bytes(optim: str) -> int:

@@ -36,10 +36,12 @@ class Strategy:
     computes_in_bf16: bool
     """Whether the layers compute with bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's bf16
     module), so the residual stream is bf16 even where LLaMA-Factory keeps trainable weights in fp32 (memory.py)."""
-    loads_whole_model_per_process: bool
-    """Whether every process loads the whole model into CPU memory before it is sharded (FSDP2 with
-    fsdp_cpu_ram_efficient_loading: false); data parallel and ZeRO-2 load onto their GPU, ZeRO-3 partitions as it
-    builds (memory.py)."""
+    loads_whole_model_onto_gpu: bool
+    """Whether every process holds the whole model on its GPU before it is sharded: under FSDP2 with
+    fsdp_cpu_ram_efficient_loading: false, LLaMA-Factory maps the model onto the process's GPU (Transformers'
+    FSDP loading stays off) and upcasts it there; rank 0 of 8 rehearsed held ~2 GiB of CPU memory, and reserved
+    the bf16 and fp32 copies' sum (bench/README.md). Data parallel and ZeRO-2 keep it whole anyway; ZeRO-3
+    partitions as it builds (memory.py)."""
     carries_fp8: bool
     """Whether an FP8 run stays FP8 under it."""
     fp8_pays_from_tokens: int | None
@@ -62,7 +64,7 @@ DDP = Strategy(
     optimizer="replicated",
     buffers="ddp",
     computes_in_bf16=False,
-    loads_whole_model_per_process=False,
+    loads_whole_model_onto_gpu=False,
     carries_fp8=True,
     fp8_pays_from_tokens=0,
     why="each GPU holds the whole model, its gradients and optimizer states; the least communication",
@@ -78,7 +80,7 @@ ZERO2 = Strategy(
     optimizer="sharded",
     buffers="deepspeed",
     computes_in_bf16=True,
-    loads_whole_model_per_process=False,
+    loads_whole_model_onto_gpu=False,
     carries_fp8=True,
     fp8_pays_from_tokens=4096,
     why="gradients and optimizer states split over the GPUs, weights whole on each",
@@ -92,7 +94,7 @@ FSDP2 = Strategy(
     optimizer="sharded",
     buffers="fsdp",
     computes_in_bf16=True,
-    loads_whole_model_per_process=True,
+    loads_whole_model_onto_gpu=True,
     carries_fp8=True,
     fp8_pays_from_tokens=4096,
     why="weights, gradients and optimizer states split over the GPUs; each layer gathered when it runs",
@@ -108,7 +110,7 @@ ZERO3 = Strategy(
     optimizer="sharded",
     buffers="deepspeed",
     computes_in_bf16=True,
-    loads_whole_model_per_process=False,
+    loads_whole_model_onto_gpu=False,
     carries_fp8=True,
     fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states split over the GPUs",
@@ -122,7 +124,7 @@ FSDP2_OFFLOAD = Strategy(
     optimizer="offloaded",
     buffers="fsdp",
     computes_in_bf16=True,
-    loads_whole_model_per_process=True,
+    loads_whole_model_onto_gpu=True,
     carries_fp8=True,
     fp8_pays_from_tokens=None,
     why="weights, gradients and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
@@ -138,7 +140,7 @@ ZERO3_OFFLOAD = Strategy(
     optimizer="offloaded",
     buffers="deepspeed",
     computes_in_bf16=True,
-    loads_whole_model_per_process=False,
+    loads_whole_model_onto_gpu=False,
     carries_fp8=False,
     fp8_pays_from_tokens=None,
     why="weights and optimizer states in CPU memory; the optimizer steps on the CPU (slow)",
