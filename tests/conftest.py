@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "tests" / "nvml_profiles"
 FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 # The CPU memory of the machine a recorded GPU profile stands for (a DGX H100 has 2 TiB), not this machine's: the
-# planner needs it where each process loads the whole model or offloads to the CPU.
+# planner needs it where a strategy offloads to the CPU.
 GPU_HOST_MEMORY_GIB = "1024"
 BENCH_MODELS = ROOT / "bench" / "models"
 TEST_MODELS = ROOT / "tests" / "models"  # real shapes the bench does not run, up to 405B

@@ -104,7 +104,7 @@ def test_job_gpu_limit_equals_the_launchers_process_count(planner, rendered):
 
 def test_the_jobs_memory_limit_holds_the_plan_for_its_own_training_yaml(planner, rendered):
     """The launcher reads the container's limit: the ConfigMap's run gets the plan it gets on an unlimited node, and
-    under FSDP2 as well (each process loads the whole model first); a 70B in its place is refused before loading
+    under FSDP2 as well; a 70B in its place, whose only fitting plan offloads to the CPU, is refused before loading
     rather than killed in it."""
     config_maps = documents(rendered, "ConfigMap")  # the base's, in each rendering
     assert all(config_map["data"] == config_maps[0]["data"] for config_map in config_maps)
