@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,55 @@ def test_the_several_gpu_plans_launch_what_they_name_and_fit_two_h100s(plan, run
             case.processes,
         ), case.name
         assert decision["memory"]["total_gib"] + decision["memory"]["margin_gib"] <= 80, case.name
+
+
+LOADING_PROBE = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from accelerate.commands.config.config_args import load_config_from_file
+from llamafactory.hparams import get_train_args
+from transformers.integrations.fsdp import is_fsdp_enabled
+
+config = load_config_from_file(sys.argv[1])
+os.environ.update(ACCELERATE_USE_FSDP="true", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+os.environ.update(RANK="0", WORLD_SIZE="1")
+# as accelerate launch exports it from the config (Accelerate's own default: on)
+efficient = config.fsdp_config.get("fsdp_cpu_ram_efficient_loading", True)
+os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = str(efficient).lower()
+dist.init_process_group("gloo")
+model_args, *_ = get_train_args(dict(
+    model_name_or_path=sys.argv[3], stage="pt", do_train=True, finetuning_type="full", dataset="c4_demo",
+    dataset_dir=sys.argv[4], output_dir=sys.argv[5], use_cpu=True,
+))
+device_map = {key: str(value) for key, value in model_args.device_map.items()}
+print(json.dumps({"fsdp_loading": is_fsdp_enabled(), "device_map": device_map}))
+"""
+
+
+@pytest.mark.parametrize("layout", ["fsdp2.yaml", "fsdp2-offload.yaml"])
+def test_fsdp2_as_shipped_loads_each_processs_whole_model_onto_its_own_device(layout, tmp_path):
+    """The premise of the memory model's `load_gib` (and of no CPU term for FSDP2): with the shipped layout,
+    Transformers' FSDP loading, which would hold the model in CPU memory until FSDP2 shards it, stays off, and
+    LLaMA-Factory maps the whole model onto the process's own device (here the CPU; on a GPU machine, its GPU)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        free_port = listener.getsockname()[1]
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADING_PROBE,
+            str(ROOT / "configs" / "accelerate" / layout),
+            str(free_port),
+            str(model_dir("llama-3.2-1b")),
+            str(ROOT / "build" / "llamafactory" / "data"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert found == {"fsdp_loading": False, "device_map": {"": "cpu"}}
