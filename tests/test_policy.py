@@ -25,8 +25,9 @@ def model(name):
 
 CASES = [
     # profile, model, YAML keys, flags, installed backends, expected (precision, backend, processes)
-    # the 8B full fits one H200 without sharding; on one H100, an L4, a MIG slice it needs FSDP2 with offload, where
-    # FP8 was never measured faster, so auto keeps BF16; on 8 H100s FSDP2 keeps FP8 from 4096 tokens per micro-batch
+    # the 8B full fits one H200 without sharding; on one H100, an L4, a MIG slice (planned with the memory check
+    # off) it needs an offload, where FP8 was never measured faster, so auto keeps BF16; on 8 H100s ZeRO-2 keeps FP8
+    # from 4096 tokens per micro-batch
     ("h200", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),
     ("h100-sxm", "llama-3.1-8b", FULL, {}, ALL_FP8_BACKENDS, ("bf16", None, 1)),
     ("h200", "qwen2.5-7b", FULL, {}, ALL_FP8_BACKENDS, ("fp8", "torchao", 1)),

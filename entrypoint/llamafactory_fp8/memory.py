@@ -172,8 +172,9 @@ def estimate(
     )
     host = offloaded * processes_per_node / world_size / GIB
     load = 0.0
-    if strategy.loads_whole_model_onto_gpu and world_size > 1:  # trainable weights in fp32, as LLaMA-Factory upcasts
-        load = (params.trainable * weight_bytes + params.frozen_bytes) / GIB + CUDA_CONTEXT_GIB
+    if strategy.loads_whole_model_onto_gpu:
+        upcast_bytes = 2 if training.pure_bf16 else 4  # LLaMA-Factory upcasts trainable weights, DeepSpeed or not
+        load = (params.trainable * upcast_bytes + params.frozen_bytes) / GIB + CUDA_CONTEXT_GIB
     measured_exactly = ("weights", "optimizer states", "activations, logits and gradients at the peak")
     unmeasured = fitted / GIB + sum(value for name, value in gib if name not in measured_exactly)
     return MemoryEstimate(strategy.name, world_size, tuple(gib), host, load, MARGIN * unmeasured)

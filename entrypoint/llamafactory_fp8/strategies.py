@@ -37,11 +37,10 @@ class Strategy:
     """Whether the layers compute with bf16 copies of the weights (FSDP2's mixed-precision policy, DeepSpeed's bf16
     module), so the residual stream is bf16 even where LLaMA-Factory keeps trainable weights in fp32 (memory.py)."""
     loads_whole_model_onto_gpu: bool
-    """Whether every process holds the whole model on its GPU before it is sharded: under FSDP2 with
-    fsdp_cpu_ram_efficient_loading: false, LLaMA-Factory maps the model onto the process's GPU (Transformers'
-    FSDP loading stays off) and upcasts it there; rank 0 of 8 rehearsed held ~2 GiB of CPU memory, and reserved
-    the bf16 and fp32 copies' sum (bench/README.md). Data parallel and ZeRO-2 keep it whole anyway; ZeRO-3
-    partitions as it builds (memory.py)."""
+    """Whether every process holds the whole model on its GPU, trainable weights upcast to fp32, before anything is
+    sharded: LLaMA-Factory maps the model onto the process's GPU and upcasts it there, also under FSDP2 with
+    fsdp_cpu_ram_efficient_loading: false (Transformers' FSDP loading stays off; rank 0 of 8 rehearsed held ~2 GiB
+    of CPU memory, bench/README.md); ZeRO-3 partitions as it builds (memory.py)."""
     carries_fp8: bool
     """Whether an FP8 run stays FP8 under it."""
     fp8_pays_from_tokens: int | None
@@ -64,7 +63,7 @@ DDP = Strategy(
     optimizer="replicated",
     buffers="ddp",
     computes_in_bf16=False,
-    loads_whole_model_onto_gpu=False,
+    loads_whole_model_onto_gpu=True,
     carries_fp8=True,
     fp8_pays_from_tokens=0,
     why="each GPU holds the whole model, its gradients and optimizer states; the least communication",
@@ -80,7 +79,7 @@ ZERO2 = Strategy(
     optimizer="sharded",
     buffers="deepspeed",
     computes_in_bf16=True,
-    loads_whole_model_onto_gpu=False,
+    loads_whole_model_onto_gpu=True,
     carries_fp8=True,
     fp8_pays_from_tokens=4096,
     why="gradients and optimizer states split over the GPUs, weights whole on each",
