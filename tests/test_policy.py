@@ -126,6 +126,11 @@ def test_a_yaml_backend_is_kept_and_said(planner):
     plan = planner("h200", {**model("qwen2.5-3b"), **FULL, "fp8_backend": "te"}, memory_check=False)
     assert "backend te from the training YAML's fp8_backend" in plan.decision.reasons
     assert not plan.replaced, "nothing the user wrote was replaced"
+    (tip,) = [tip for tip in plan.decision.tips if tip.startswith("Transformer Engine ran")]
+    assert "--backend torchao takes the faster one" in tip and plan.decision.backend.name == "te"
+    assert "\n  tip         - Transformer Engine ran" in render_block(plan), "the plan's block tells the user"
+    torchao = planner("h200", {**model("qwen2.5-3b"), **FULL}, memory_check=False).decision
+    assert torchao.backend.name == "torchao" and not any("Transformer Engine" in tip for tip in torchao.tips)
 
 
 def test_fp8_forced_through_torchao_replaces_the_users_torch_compile_and_says_so(planner):

@@ -21,6 +21,7 @@ class FP8Backend:
     takes_recipes: bool = False  # whether fp8_recipe.RECIPES (torchao configs and layer filters) apply to it
     # The fp8_recipe.RECIPES entry the trainer applies, by finetuning_type, where one beats the backend's default.
     recipes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tip: str | None = None  # what was measured against the preferred backend, shown wherever this one runs
 
 
 TORCHAO = FP8Backend(
@@ -47,7 +48,8 @@ TORCHAO = FP8Backend(
     # LoRA on the 8B at full depth (bench/results/lora-depth, lora-default, lora-batch8, causal-lora-batch8): FP8 on
     # the frozen base layers only ran faster than BF16, the default (the rank-16 adapters converted too) slower. Full
     # fine-tuning keeps torchao's tensorwise default: power-of-2 scales ran 2% faster twice (pow2-batch8,
-    # causal-batch8) but their loss over a long run is unchecked, and rowwise ran slower (recipes-batch8).
+    # causal-batch8) but their loss sat 1.2% above BF16's over 300 steps (parity-1b), and rowwise ran slower
+    # (recipes-batch8).
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
 )
@@ -62,6 +64,10 @@ TE = FP8Backend(
     needs_compile=False,
     activation_factor=0.88,  # fitted to bench/results/te-eager (Transformer Engine against BF16, both eager)
     why="Transformer Engine Linear layers, delayed scaling, eager (TE refuses torch.compile)",
+    tip=(
+        "Transformer Engine ran 1.01x the speed of compiled BF16, torchao compiled 1.15x (Qwen2.5-7B at 6 layers, "
+        "one H100, bench/results/te-eager and te); --backend torchao takes the faster one"
+    ),
 )
 
 # Preferred first, by measurement (bench/results/te*, Qwen2.5-7B shape, 6 layers, one H100): torchao compiled ran

@@ -224,7 +224,7 @@ def _decision(
         host_memory_gib=capacity.host_gib if capacity else None,
         reasons=(*reasons, *fitted.reasons),
         warnings=(*inspection.key_warnings, *warnings, *fitted.warnings),
-        tips=fitted.tips,
+        tips=(*fitted.tips, *([backend.tip] if backend is not None and backend.tip else [])),
     )
 
 
