@@ -170,11 +170,16 @@ def start_demo_training(
     )
 
 
-def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
-    """Two launchers on localhost as the two pods of an Indexed Job, sharing output_dir as on a PVC."""
+def free_port() -> str:
+    """A port nothing on localhost listens on, for a rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+        return str(probe.getsockname()[1])
+
+
+def start_two_nodes(output_dir: Path, model: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
+    """Two launchers on localhost as the two pods of an Indexed Job, sharing output_dir as on a PVC."""
+    port = free_port()
     return [
         start_demo_training(
             output_dir,

@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from llamafactory_fp8.model_facts import read_model_facts
 from llamafactory_fp8.strategies import BY_NAME as STRATEGIES
 from llamafactory_fp8.training_config import load_training_config
 
-from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, PROFILES, ROOT, model_dir
+from .conftest import ALL_FP8_BACKENDS, BENCH_MODELS, PROFILES, ROOT, free_port, model_dir
 
 RESULTS = sorted((ROOT / "bench" / "results").glob("*/*.json"))
 MEASURED = [
@@ -353,16 +352,13 @@ def test_fsdp2_as_shipped_loads_each_processs_whole_model_onto_its_own_device(la
     """The premise of the memory model's `load_gib` (and of no CPU term for FSDP2): with the shipped layout,
     Transformers' FSDP loading, which would hold the model in CPU memory until FSDP2 shards it, stays off, and
     LLaMA-Factory maps the whole model onto the process's own device (here the CPU; on a GPU machine, its GPU)."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        free_port = listener.getsockname()[1]
     probe = subprocess.run(
         [
             sys.executable,
             "-c",
             LOADING_PROBE,
             str(ROOT / "configs" / "accelerate" / layout),
-            str(free_port),
+            free_port(),
             str(model_dir("llama-3.2-1b")),
             str(ROOT / "build" / "llamafactory" / "data"),
             str(tmp_path / "out"),

@@ -6,7 +6,6 @@ fsdp_on_cpu.py."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 from .sharded_cells import (
     LORA,
     finish,
@@ -78,12 +77,6 @@ def one_fsdp2_cpu_process(script: str, mode: str, **fsdp_env: str) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize(

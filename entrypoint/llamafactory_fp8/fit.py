@@ -251,13 +251,13 @@ def _explain_given(
     if capacity.fits(estimate):
         reasons.append(f"memory {size} {of}")
         return
-    host = ""
+    beyond = ""
     if estimate.load_gib > capacity.gpu_gib:
-        host = f", and ~{estimate.load_gib:.0f} GiB on each GPU while it loads the whole model"
+        beyond = f", and ~{estimate.load_gib:.0f} GiB on each GPU while it loads the whole model"
     if not estimate.host_fits(capacity.host_gib):
-        host += f", and ~{estimate.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
+        beyond += f", and ~{estimate.host_gib:.0f} GiB of CPU memory ({capacity.host_words()})"
     warnings.append(
-        f"{strategy.label} needs {size} (+{estimate.margin_gib:.0f} margin) {of}{host}: it may run out of memory"
+        f"{strategy.label} needs {size} (+{estimate.margin_gib:.0f} margin) {of}{beyond}: it may run out of memory"
     )
 
 

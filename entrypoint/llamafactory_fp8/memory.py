@@ -105,6 +105,11 @@ class MemoryEstimate:
     def fits(self, gpu_gib: float, host_gib: float | None = None) -> bool:
         return self.total_gib + self.margin_gib <= gpu_gib and self.load_gib <= gpu_gib and self.host_fits(host_gib)
 
+    @property
+    def load_exceeds_peak(self) -> bool:
+        """Whether loading, not training, sets this strategy's peak on a GPU: worth saying in the plan."""
+        return self.load_gib > self.total_gib
+
     def host_fits(self, host_gib: float | None) -> bool:
         return host_gib is None or self.host_gib <= host_gib * (1 - HOST_HEADROOM)
 

@@ -137,7 +137,8 @@ def estimate_parameters(config: dict) -> int:
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or hidden // heads)
     vocab = int(config["vocab_size"])
-    attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden + _attention_biases(config)
+    qkv_width = head_dim * (heads + 2 * kv_heads)
+    attention = hidden * qkv_width + heads * head_dim * hidden + _attention_biases(config, qkv_width, hidden)
     experts = _experts(config)
     if experts:
         expert = int(config.get("moe_intermediate_size") or config["intermediate_size"])
@@ -150,17 +151,13 @@ def estimate_parameters(config: dict) -> int:
     return layers * (attention + mlp + norms) + embeddings + hidden
 
 
-def _attention_biases(config: dict) -> int:
+def _attention_biases(config: dict, qkv_width: int, hidden: int) -> int:
     """Qwen2 always biases its query, key and value projections; Llama-style models bias all four projections
     where `attention_bias` says so."""
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
     if config.get("model_type") == "qwen2":
-        return head_dim * (heads + 2 * kv_heads)
+        return qkv_width
     if config.get("attention_bias"):
-        return head_dim * (heads + 2 * kv_heads) + hidden
+        return qkv_width + hidden
     return 0
 
 

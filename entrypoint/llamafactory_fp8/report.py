@@ -60,7 +60,7 @@ def describe_memory(decision: Decision) -> str:
         )
     terms = " + ".join(f"{name} {gib:.1f}" for name, gib in estimate.terms if gib >= 0.05)
     host = f"; CPU memory ~{estimate.host_gib:.0f} GiB per node" if estimate.host_gib else ""
-    if estimate.load_gib > estimate.total_gib:
+    if estimate.load_exceeds_peak:
         host += f"; ~{estimate.load_gib:.0f} GiB on each GPU while loading, before sharding"
     size = f"~{estimate.total_gib:.1f} GiB (+{estimate.margin_gib:.1f} margin)"
     return f"{size} of {decision.gpu_memory_gib:.0f} per GPU: {terms}{host}"
@@ -130,7 +130,7 @@ def memory_table(decision: Decision, installed_strategies: frozenset[str]) -> li
         notes = [] if row.fits else ["does not fit"]
         if estimate.host_gib:
             notes.append(f"CPU memory ~{estimate.host_gib:.0f} GiB per node")
-        if estimate.load_gib > estimate.total_gib:
+        if estimate.load_exceeds_peak:
             notes.append(f"~{estimate.load_gib:.0f} GiB per GPU while loading")
         if strategy.name not in installed_strategies:
             notes.append(f"{strategy.module} not installed")

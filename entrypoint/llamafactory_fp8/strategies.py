@@ -147,7 +147,7 @@ ZERO3_OFFLOAD = Strategy(
 
 # Fastest first: rank 0 of 8 rehearsed on the 8B at 2 x 2048, compiled, steps 0.37 s (ZeRO-2), 0.45 (FSDP2) and
 # 1.09 (ZeRO-3, BF16; Dynamo recompiles DeepSpeed's hooks past its limit). FP8 stays on under both ZeRO stages with
-# the pinned Accelerate (223 of 225 layers; accelerate#3360 is fixed there) and pays: under data parallel, as on one
+# the pinned Accelerate (223 of 225 layers; accelerate#3611 keeps fp8 there) and pays: under data parallel, as on one
 # GPU (the size rule in policy.py); under ZeRO-2 (1.22x) and FSDP2, from 2 sequences of 2048 per GPU; under ZeRO-3 it
 # ran at 0.67x (bench/results/rehearsal-8b-zero2, -zero3, rehearsal-8b-compile-layers, rehearsal-8b-product). Under
 # CPU offload it was never measured, and under ZeRO-3's offload never run.
