@@ -11,6 +11,7 @@ from .cases import Case, Result, result_from_record
 from .parity import LONG_RUN_STEPS, PARITY_WINDOW, parity
 from .plots import plot_losses
 from .profiles import breakdown
+from .wall_time import wall_time, wall_time_markdown
 
 
 def ratio_table(results: list[Result]) -> list[dict]:
@@ -64,6 +65,8 @@ def ratio_table(results: list[Result]) -> list[dict]:
                 last = common[-1]
                 row["loss_step"] = last
                 row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
+        if same and not r.case.loss_only:
+            row["wall_time"] = wall_time(r, same)
         if r.case.steps >= LONG_RUN_STEPS:
             row["parity"] = parity(r, results)
         rows.append(row)
@@ -170,6 +173,7 @@ def markdown(env: dict, results: list[Result], rows: list[dict], command: str) -
                 f"{row.get('loss_rel_diff')} ({row.get('loss_step')}) |"
             )
     lines += parity_markdown(rows)
+    lines += wall_time_markdown(rows)
     lines += several_gpus_markdown(several_gpus_table(results))
     lines += breakdown_markdown(results)
     return "\n".join(lines) + "\n"
