@@ -111,7 +111,9 @@ def test_wall_time_says_when_fp8_pays_back_its_longer_compile():
         "fp8_ahead_from_step": 301,  # 50.2 s behind at step 50, gaining 0.2 s a step
     }
     already_ahead = timed_run("fp8", launch_s=65, step_s=0.8)
-    assert ratio_table([bf16, already_ahead])[0]["wall_time"]["fp8_ahead_from_step"] == 26  # 5 s behind, level at step 26
+    assert (
+        ratio_table([bf16, already_ahead])[0]["wall_time"]["fp8_ahead_from_step"] == 26
+    )  # 5 s behind, level at step 26
     never = timed_run("fp8", launch_s=120, step_s=1.1)
     assert ratio_table([bf16, never])[0]["wall_time"]["fp8_ahead_from_step"] is None
 
