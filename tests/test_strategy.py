@@ -59,6 +59,10 @@ def test_a_yaml_with_offload_in_its_deepspeed_config_is_estimated_as_offload(pla
     plan = planner("h100-sxm-x8", {**EIGHT_B_FULL, "deepspeed": config})
     assert plan.decision.strategy.strategy.name == "deepspeed-zero3-offload"
     assert plan.decision.memory.host_gib > 0
+    forced = planner("h100-sxm-x8", {**EIGHT_B_FULL, "deepspeed": config}, precision="fp8").decision
+    assert forced.precision == "fp8"
+    (warning,) = forced.warnings  # one warning, not a second that repeats it in weaker words
+    assert warning.startswith("FP8 never ran under DeepSpeed ZeRO-3 with CPU offload")
 
 
 def test_llamafactorys_own_fsdp_fp8_example_is_kept_as_fsdp(planner):

@@ -139,7 +139,8 @@ def decide(inspection: Inspection) -> Decision:
         if source != "auto" or backend is None:
             raise
         fitted, slower = None, "FP8 fits under no strategy that carries it"
-    if source != "auto" and slower is not None:
+    if source != "auto" and slower is not None and fitted.choice.strategy.carries_fp8:
+        # under a strategy FP8 never ran with, the warning above already says more than "never measured faster"
         warnings.append(f"{slower}; FP8 kept, as asked")
     if source == "auto" and slower is not None:
         # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, or none fits, auto takes
