@@ -196,11 +196,12 @@ def end_to_end_8b():
     return [Case(**options, precision="fp8", compile=True, expected_s=120), *defaults]
 
 
-def micro_batch_sweep_8b(batches=(1, 2, 4)):
+def micro_batch_sweep_8b(batches=(1, 2, 4), shape="llama-3.1-8b"):
     """Compiled BF16 against FP8 for the 8B's full fine-tuning with checkpointing at fewer sequences per step than
     the headline's eight: steady tokens/s and the wall time to each logged step, loading and compiling included
-    (`seconds_to_step`), for the auto rule's micro-batch and run length."""
-    options = dict(FULL_8B_BATCH8, profile_steps=1, expected_s=100)
+    (`seconds_to_step`), for the auto rule's micro-batch and run length. Another shape (the 3B fits an H100) the
+    same way."""
+    options = dict(FULL_8B_BATCH8, shape=shape, profile_steps=1, expected_s=100)
     return [
         Case(**dict(options, batch=batch), precision=precision, compile=True)
         for batch in batches
@@ -279,6 +280,15 @@ PLANS = {
     "sweep-8b": micro_batch_sweep_8b(),
     "sweep-lora-8b": micro_batch_sweep_lora_8b(),
     "sweep-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,)),
+    # one H100's share of both sweeps, the shortest first: LoRA at 1 and 2 sequences, interleaved with the 3B's
+    # full fine-tuning (the 8B's does not fit 80 GB), then LoRA at 4
+    "sweep-h100": [
+        *micro_batch_sweep_lora_8b(batches=(1,)),
+        *micro_batch_sweep_8b(batches=(1,), shape="qwen2.5-3b"),
+        *micro_batch_sweep_lora_8b(batches=(2,)),
+        *micro_batch_sweep_8b(batches=(2,), shape="qwen2.5-3b"),
+        *micro_batch_sweep_lora_8b(batches=(4,)),
+    ],
     # issue 20, the day a machine with two GPUs is lent: a call each
     "gpus-2-ddp": several_gpus("ddp"),
     "gpus-2-fsdp2": several_gpus("fsdp2"),
