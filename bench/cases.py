@@ -33,6 +33,7 @@ class Case:
     expected_s: int = 120  # rough wall time, to skip a case that cannot finish before the deadline
     strategy: str = "ddp"  # the product's --strategy
     processes: int = 1  # GPUs the run trains on (--processes); 1 leaves the others of a larger machine idle
+    compile_cache: str = ""  # Inductor's cache, shared by the runs naming the same; "": a fresh one of its own
 
     @property
     def family(self) -> str:

@@ -180,6 +180,7 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
         "RECORD_VRAM": "1",
         "LLAMAFACTORY_FP8_STATE_DIR": str(state_dir),
         "HF_DATASETS_CACHE": str(work / "datasets" / case.name),
+        "TORCHINDUCTOR_CACHE_DIR": str(compile_cache(case, work)),
     }
     if case.recipe:
         env["LLAMAFACTORY_FP8_RECIPE"] = case.recipe
@@ -209,6 +210,16 @@ def run_case(case: Case, model: Path, data: Path, work: Path, log_dir: Path, tim
         (log_dir / f"{case.name}.profile.json").write_text(json.dumps(profile, indent=1))
         result.breakdown = breakdown(profile)
     return result
+
+
+def compile_cache(case: Case, work: Path) -> Path:
+    """Inductor's cache (Triton's inside it) for this run: its own and empty, as in a user's first run in a fresh
+    container, unless the case shares one with the runs before it (a rerun with the cache kept on a volume)."""
+    if case.compile_cache:
+        return work / "compile-cache" / case.compile_cache
+    fresh = work / "compile-cache" / case.name
+    shutil.rmtree(fresh, ignore_errors=True)
+    return fresh
 
 
 class StepClock:

@@ -123,3 +123,18 @@ def test_the_report_shows_the_wall_time_table(tmp_path):
     env = {"device": "test", "date": "today", "driver": None, "cuda_driver": None, "packages": {}}
     report = write_report(tmp_path / "sweep", env, "command", results)
     assert "| llama-3.2-1b-full-depth-full-b4x2048 torchao | 50 | 109.0 | 159.2 | 1.0 | 0.8 | 301 |" in report
+
+
+def test_a_run_compiles_from_an_empty_cache_unless_it_shares_its_first_runs(tmp_path):
+    from dataclasses import replace
+
+    from bench.plans import rerun_with_cache_kept
+    from bench.runner import compile_cache
+
+    first, rerun = rerun_with_cache_kept([Case(**SHAPE, precision="fp8")])
+    cache = compile_cache(first, tmp_path)
+    (cache / "fxgraph").mkdir(parents=True)
+    assert compile_cache(rerun, tmp_path) == cache and (cache / "fxgraph").is_dir(), "the rerun finds it filled"
+    own = replace(first, compile_cache="")
+    (compile_cache(own, tmp_path) / "left-by-an-earlier-call").mkdir(parents=True)
+    assert not compile_cache(own, tmp_path).exists(), "a run of its own starts empty, as in a fresh container"
