@@ -91,6 +91,12 @@ def test_compose_services_share_one_definition_with_gpus_and_mounts():
         assert service["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", "the token comes from the environment"
 
 
+def compose_compile_cache() -> str:
+    """Where compose keeps torch.compile's caches on a volume (tests/test_container.py runs it against the image)."""
+    (mount,) = [m for m in compose()["services"]["train"]["volumes"] if str(m).startswith("compile-cache:")]
+    return mount.split(":")[1]
+
+
 def documents(rendered, kind: str) -> list[dict]:
     return [doc for path in rendered.values() for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == kind]
 
@@ -151,6 +157,8 @@ def test_jobs_fail_fast_on_config_errors_and_retry_preemption_and_stops(rendered
         claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
         cache = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/trainer/.cache/huggingface"]
         assert cache and cache[0]["name"] in claims, "a replacement pod finds the downloaded model on the volume"
+        compiled = [m for m in container["volumeMounts"] if m["mountPath"] == compose_compile_cache()]
+        assert compiled and compiled[0]["name"] in claims, "a rerun finds torch.compile's caches, as under compose"
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), "/dev/shm in memory"
 
 

@@ -306,6 +306,30 @@ def test_the_image_has_llamafactorys_demo_data_and_key_schema_for_any_uid(image)
     }
 
 
+COMPILE_CACHE_PROBE = """
+import pathlib, sys
+from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
+marker = pathlib.Path(cache_dir()) / sys.argv[1]
+if sys.argv[2] == "write":
+    marker.write_text("compiled")
+else:
+    print(marker.read_text(), triton_cache_dir(0).startswith(cache_dir()))
+    marker.unlink()
+"""
+
+
+def test_torch_compiles_into_a_volume_that_the_next_run_finds(image, project):
+    """Inductor's and Triton's caches outlive the container, written as the caller's uid: a rerun reuses what the
+    first run compiled."""
+    marker = f"probe-{uuid.uuid4().hex}"
+    python = ("run", "--rm", "-T", "--entrypoint", "python3", "train-bf16", "-c", COMPILE_CACHE_PROBE, marker)
+    code, output = finish(compose(project, *python, "write"))
+    assert code == 0, output[-2000:]
+    code, output = finish(compose(project, *python, "read"))
+    assert code == 0, output[-2000:]
+    assert output.splitlines()[-1] == "compiled True"
+
+
 def test_the_image_runs_as_a_non_root_user(image):
     assert docker("image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip() == "1000:1000"
     assert docker("run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u").stdout.strip() == "1000"
