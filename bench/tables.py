@@ -65,8 +65,12 @@ def ratio_table(results: list[Result]) -> list[dict]:
                 last = common[-1]
                 row["loss_step"] = last
                 row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
-        if same and not r.case.loss_only:
-            row["wall_time"] = wall_time(r, same)
+        if not r.case.loss_only:
+            row["wall_time"] = {
+                label: wall_time(r, base)
+                for compiled, label in ((True, "compiled"), (False, "eager"))
+                if (base := bf16.get((r.case.pair, compiled))) and wall_time(r, base)
+            }
         if r.case.steps >= LONG_RUN_STEPS:
             row["parity"] = parity(r, results)
         rows.append(row)

@@ -91,9 +91,9 @@ def test_a_run_over_several_gpus_is_set_against_one_gpu_at_its_precision_and_opt
     assert f"| {two_bf16.name} | fsdp2 | 2 | bf16 | 0 | 9000 | 0.9 | 20.0 | 0.005 (20) |" in report
 
 
-def timed_run(precision, launch_s, step_s, steps=50):
+def timed_run(precision, launch_s, step_s, steps=50, compile=True):
     """A run whose first step reached the log `launch_s` after the launch, then one every `step_s`."""
-    case = Case(**{**SHAPE, "steps": steps}, precision=precision, warmup_steps=10)
+    case = Case(**{**SHAPE, "steps": steps, "compile": compile}, precision=precision, warmup_steps=10)
     seconds = {step: round(launch_s + (step - 1) * step_s, 1) for step in range(1, steps + 1)}
     return Result(case, 0, tokens_per_s=2048 / step_s, seconds_to_step=seconds)
 
@@ -101,8 +101,10 @@ def timed_run(precision, launch_s, step_s, steps=50):
 def test_wall_time_says_when_fp8_pays_back_its_longer_compile():
     bf16 = timed_run("bf16", launch_s=60, step_s=1.0)
     slower_start = timed_run("fp8", launch_s=120, step_s=0.8)
-    (row,) = ratio_table([bf16, slower_start])
-    assert row["wall_time"] == {
+    eager = timed_run("bf16", launch_s=20, step_s=1.5, compile=False)
+    (row,) = ratio_table([bf16, eager, slower_start])
+    assert row["wall_time"]["eager"]["fp8_ahead_from_step"] == 144  # 100 s behind eager's start, gaining 0.7 s a step
+    assert row["wall_time"]["compiled"] == {
         "step": 50,
         "bf16_s": 109.0,
         "fp8_s": 159.2,
@@ -112,17 +114,17 @@ def test_wall_time_says_when_fp8_pays_back_its_longer_compile():
     }
     already_ahead = timed_run("fp8", launch_s=65, step_s=0.8)
     assert (
-        ratio_table([bf16, already_ahead])[0]["wall_time"]["fp8_ahead_from_step"] == 26
+        ratio_table([bf16, already_ahead])[0]["wall_time"]["compiled"]["fp8_ahead_from_step"] == 26
     )  # 5 s behind, level at step 26
     never = timed_run("fp8", launch_s=120, step_s=1.1)
-    assert ratio_table([bf16, never])[0]["wall_time"]["fp8_ahead_from_step"] is None
+    assert ratio_table([bf16, never])[0]["wall_time"]["compiled"]["fp8_ahead_from_step"] is None
 
 
 def test_the_report_shows_the_wall_time_table(tmp_path):
     results = [timed_run("bf16", launch_s=60, step_s=1.0), timed_run("fp8", launch_s=120, step_s=0.8)]
     env = {"device": "test", "date": "today", "driver": None, "cuda_driver": None, "packages": {}}
     report = write_report(tmp_path / "sweep", env, "command", results)
-    assert "| llama-3.2-1b-full-depth-full-b4x2048 torchao | 50 | 109.0 | 159.2 | 1.0 | 0.8 | 301 |" in report
+    assert "| llama-3.2-1b-full-depth-full-b4x2048 torchao | compiled | 50 | 109.0 | 159.2 | 1.0 | 0.8 | 301 |" in report
 
 
 def test_a_run_compiles_from_an_empty_cache_unless_it_shares_its_first_runs(tmp_path):
