@@ -6,6 +6,7 @@ traceback from LLaMA-Factory's argument parser minutes later."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +75,24 @@ class TrainingConfig:
     """Transformers' fsdp options as one string; None: off."""
     fsdp_config: Mapping | str | None
     resume_from_checkpoint: str | None
+    max_steps: int
+    """Transformers' max_steps; 0 or less: train num_train_epochs."""
+    num_train_epochs: float
+    max_samples: int | None
+    """LLaMA-Factory's cap on each training dataset's examples; None: no cap."""
+    datasets: tuple[str, ...]
+    """The training datasets' names (dataset)."""
+
+    def optimizer_steps_at_most(self, world: int) -> int | None:
+        """The most optimizer steps the run can take over `world` processes: max_steps, or num_train_epochs over at
+        most max_samples examples from each dataset (as Transformers counts them: micro-batches per process, then
+        accumulated); None where neither bounds it."""
+        if self.max_steps > 0:
+            return self.max_steps
+        if self.max_samples is None or not self.datasets:
+            return None
+        micro_batches = math.ceil(self.max_samples * len(self.datasets) / (self.micro_batch_size * world))
+        return math.ceil(self.num_train_epochs * max(micro_batches // self.gradient_accumulation_steps, 1))
 
     def source_of(self, key: str) -> Source:
         """Where the user set `key`: on the command line (key=value) or in the YAML."""
@@ -144,6 +163,10 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         fsdp=_fsdp_options(values.get("fsdp"), path),
         fsdp_config=values.get("fsdp_config") if isinstance(values.get("fsdp_config"), (dict, str)) else None,
         resume_from_checkpoint=read.text("resume_from_checkpoint", None),
+        max_steps=read.integer("max_steps", -1),
+        num_train_epochs=read.number("num_train_epochs", 3.0),
+        max_samples=read.integer("max_samples", None, minimum=1),
+        datasets=read.names("dataset", ""),
     )
 
 
@@ -192,7 +215,7 @@ class _Reader:
             raise self._invalid(key, "text without a NUL character")
         return str(value)
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int | None, minimum: int | None = None) -> int | None:
         value = self.values.get(key)
         if value is None:
             return default
@@ -202,6 +225,19 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
             raise self._invalid(key, wanted)
         return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise self._invalid(key, "a number of at least 0")
+        return float(value)
 
     def flag(self, key: str, default: bool | None) -> bool | None:
         value = self.values.get(key)
