@@ -1,0 +1,82 @@
+"""How many micro-batches FP8 takes to pay back its longer start, from committed results: the time to the first
+optimizer step (compiling included) of each FP8 run and its BF16 partners, and their steady seconds per
+micro-batch from tokens/s. Runs that logged `seconds_to_step` give the first step from the launch; older runs give
+it from their log's progress bar, which starts after loading (the same for both precisions). Prints a Markdown
+table; no GPU.
+
+    python bench/payback.py bench/results/full-depth bench/results/lora-depth ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, only bench/ is on the path
+
+from bench.cases import Result, result_from_record  # noqa: E402
+
+
+def first_step_s(result: Result, directory: Path) -> float | None:
+    if result.seconds_to_step:
+        return result.seconds_to_step[min(result.seconds_to_step)]
+    log = directory / "logs" / f"{result.case.name}.log"
+    # the trainer's tqdm bar after step 1, "1/32 [03:23<" (its total is max_steps: the datasets' bars have others)
+    first_step = re.compile(rf" 1/{result.case.max_steps} \[(\d+):(\d+)<")
+    found = first_step.search(log.read_text()) if log.exists() else None
+    return int(found[1]) * 60 + int(found[2]) if found else None
+
+
+def seconds_per_micro_batch(result: Result) -> float | None:
+    tokens = result.case.batch * result.case.seq
+    return tokens / result.tokens_per_s if result.tokens_per_s else None
+
+
+def payback_rows(directory: Path) -> list[dict]:
+    (path,) = directory.glob("*.json")
+    results = [result_from_record(record) for record in json.loads(path.read_text())["results"]]
+    rows = []
+    for fp8 in (r for r in results if r.case.precision == "fp8" and r.exit_code == 0):
+        for bf16 in results:
+            if bf16.case.precision != "bf16" or bf16.case.pair != fp8.case.pair or bf16.exit_code != 0:
+                continue
+            starts = first_step_s(bf16, directory), first_step_s(fp8, directory)
+            steps = seconds_per_micro_batch(bf16), seconds_per_micro_batch(fp8)
+            if None in starts or None in steps:
+                continue
+            behind, gain = starts[1] - starts[0], steps[0] - steps[1]
+            rows.append(
+                {
+                    "results": directory.name,
+                    "fp8": fp8.case.name,
+                    "against": "BF16 compiled" if bf16.case.compile else "BF16 eager",
+                    "tokens": fp8.case.batch * fp8.case.seq,
+                    "first_step_s": starts,
+                    "s_per_micro_batch": (round(steps[0], 4), round(steps[1], 4)),
+                    "payback": round(behind / gain) if behind > 0 and gain > 0 else 0 if behind <= 0 else None,
+                }
+            )
+    return rows
+
+
+def main() -> int:
+    print(
+        "| results | FP8 run | against | tokens per micro-batch | first step s (BF16, FP8) "
+        "| s per micro-batch (BF16, FP8) | micro-batches to pay back |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for directory in map(Path, sys.argv[1:]):
+        for row in payback_rows(directory):
+            payback = "never" if row["payback"] is None else f"{row['payback']:,}"
+            print(
+                f"| {row['results']} | {row['fp8']} | {row['against']} | {row['tokens']} | "
+                f"{row['first_step_s'][0]:g}, {row['first_step_s'][1]:g} | "
+                f"{row['s_per_micro_batch'][0]}, {row['s_per_micro_batch'][1]} | {payback} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
