@@ -74,3 +74,29 @@ def test_qlora_off_a_gpu_is_refused_before_loading(tiny_model, tmp_path):
         cwd=EXAMPLES.parent,
     )
     assert result.returncode == 25 and "bitsandbytes" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_example_trains_the_steps_its_epochs_over_max_samples_bound(tiny_model, tmp_path):
+    """The run length auto weighs FP8's longer start against (training_config.py), against the steps Transformers
+    takes: LLaMA-Factory's LoRA example over two datasets, max_samples from each, two epochs, no max_steps."""
+    from llamafactory_fp8.training_config import load_training_config
+
+    example = EXAMPLES / "train_lora/qwen3_lora_sft.yaml"
+    output_dir = tmp_path / "saves"
+    keys = [k for k in SHRUNK if not k.startswith(("max_steps=", "max_samples="))]
+    keys += ["max_samples=3", "num_train_epochs=2", "gradient_accumulation_steps=2"]
+    result = run_cli(
+        "train",
+        str(example),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        f"output_dir={output_dir}",
+        *keys,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    trained = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    length = load_training_config(example, keys).run_length(world=1)
+    # 6 examples in micro-batches of 2: 3 a epoch, 2 optimizer steps (the second accumulates one), 4 in all
+    assert trained == 4 and length.micro_batches == trained * 2

@@ -332,3 +332,57 @@ def test_no_tip_for_bf16_nor_where_the_micro_batch_is_already_large(planner):
     assert planner("h200", yaml_keys, precision="bf16").decision.tips == ()
     eight = {**yaml_keys, "per_device_train_batch_size": 8, "disable_gradient_checkpointing": False}
     assert planner("h200", eight, precision="fp8").decision.tips == ()
+
+
+# The 8B's full fine-tuning as a YAML that compiles BF16 and turns checkpointing off, at one sequence of 2048 a
+# step: where FP8's longer start was measured to pay back after 6,259 micro-batches (backends.py's torchao record)
+COMPILED_NO_CKPT = {
+    **FULL,
+    **model("llama-3.1-8b"),
+    "torch_compile": True,
+    "disable_gradient_checkpointing": True,
+    "per_device_train_batch_size": 1,
+    "cutoff_len": 2048,
+}
+
+
+@pytest.mark.parametrize(
+    "length, expected",
+    [
+        ({"max_steps": 100, "gradient_accumulation_steps": 8}, "bf16"),  # 800 micro-batches
+        ({"max_steps": 1000, "gradient_accumulation_steps": 8}, "fp8"),  # 8,000
+        # LLaMA-Factory's examples: 3 epochs over max_samples 1000 of two datasets, 8 micro-batches a step
+        ({"num_train_epochs": 3, "max_samples": 1000, "dataset": "identity,alpaca_en_demo"}, "bf16"),
+        ({"num_train_epochs": 3}, "fp8"),  # no max_samples: the length is unknown, FP8 as before
+    ],
+)
+def test_auto_keeps_bf16_for_a_run_too_short_to_pay_back_fp8s_longer_start(planner, length, expected):
+    keys = {**COMPILED_NO_CKPT, "gradient_accumulation_steps": 8, **length}
+    decision = planner("h200", keys).decision
+    assert decision.precision == expected, decision.reasons
+    short = [reason for reason in decision.reasons if "pay back" in reason]
+    assert bool(short) == (expected == "bf16")
+    if length.get("max_samples"):
+        # 2,000 examples, one a micro-batch: 250 optimizer steps an epoch, 750 in all, 6,000 micro-batches
+        assert "at most 6,000 micro-batches per GPU (3 epochs over at most 2,000 examples" in short[0]
+        assert "750 optimizer steps" in short[0] and "after 6,259 of 2048 tokens against BF16 compiled" in short[0]
+
+
+def test_the_payback_rule_applies_only_where_it_was_measured(planner):
+    short = {"max_steps": 10}
+    # LLaMA-Factory's default (checkpointing on, BF16 eager) was not measured: FP8 as before
+    default = {**FULL, **model("llama-3.1-8b"), **short}
+    assert planner("h200", default).decision.precision == "fp8"
+    # a model larger than the one measured pays back sooner than it: not applied
+    larger = {**COMPILED_NO_CKPT, **model("llama-3.1-70b"), **short}
+    assert "pay back" not in " ".join(planner("h100-sxm-x8", larger, memory_check=False).decision.reasons)
+    # a smaller one takes at least as long: applied
+    smaller = {**COMPILED_NO_CKPT, **model("qwen2.5-3b"), **short}
+    assert planner("h200", smaller).decision.precision == "bf16"
+
+
+def test_fp8_asked_for_a_short_run_is_kept_with_the_measured_reason(planner):
+    decision = planner("h200", {**COMPILED_NO_CKPT, "max_steps": 100}, precision="fp8").decision
+    assert decision.precision == "fp8"
+    (warning,) = [w for w in decision.warnings if "pay back" in w]
+    assert warning.endswith("; FP8 kept, as asked") and "at most 100 micro-batches per GPU (max_steps 100" in warning

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .fp8_payback import Payback
+
 
 @dataclass(frozen=True)
 class FP8Backend:
@@ -22,6 +24,8 @@ class FP8Backend:
     # The fp8_recipe.RECIPES entry the trainer applies, by finetuning_type, where one beats the backend's default.
     recipes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     tip: str | None = None  # what was measured against the preferred backend, shown wherever this one runs
+    # where FP8's longer start was measured to pay back (fp8_payback.py): auto keeps BF16 for a run shorter
+    payback: tuple[Payback, ...] = ()
 
 
 TORCHAO = FP8Backend(
@@ -52,6 +56,37 @@ TORCHAO = FP8Backend(
     # (recipes-batch8).
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
+    # Llama-3.1-8B on one H200, BF16 compiled, no checkpointing: bench/results/payback/committed.md, from the first
+    # step and the steady step of each pair (the cold compile of its graph on that machine)
+    payback=(
+        Payback(
+            finetuning="full",
+            checkpointing=False,
+            bf16_compiled=True,
+            tokens=2048,
+            micro_batches=6259,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H200, bench/results/full-depth",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=False,
+            bf16_compiled=True,
+            tokens=4096,
+            micro_batches=3528,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H200, bench/results/lora-depth",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=False,
+            bf16_compiled=True,
+            tokens=16384,
+            micro_batches=390,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H200, bench/results/causal-lora-batch8",
+        ),
+    ),
 )
 
 TE = FP8Backend(

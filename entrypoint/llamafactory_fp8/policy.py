@@ -18,6 +18,7 @@ from .backends import FP8_BACKENDS, FP8Backend
 from .cpu_processes import check_cpu_strategy
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
+from .fp8_payback import too_short_for_fp8
 from .fp8_recipe import RECIPES
 from .gpus import GpuInventory
 from .inspection import Inspection
@@ -99,17 +100,17 @@ def decide(inspection: Inspection) -> Decision:
         return _cpu_decision(inspection, reasons)
 
     given = _given_strategy(inspection)
-    precision, source, backend = _precision(inspection, given, reasons)
-    recipe = _fp8_recipe(inspection, backend, reasons)
+    mig = any(gpu.is_mig_slice for gpu in gpus.gpus)
+    processes = _processes(inspection.request, 1 if mig else gpus.count)
+    world = processes * inspection.topology.num_machines
     warnings: list[str] = []
+    precision, source, backend = _precision(inspection, given, world, reasons, warnings)
+    recipe = _fp8_recipe(inspection, backend, reasons)
     if backend is not None and given is not None and not given.strategy.carries_fp8:
         warnings.append(
             f"FP8 never ran under {given.strategy.label}; "
             "the patched LLaMA-Factory fails the run if no layer runs in FP8"
         )
-    mig = any(gpu.is_mig_slice for gpu in gpus.gpus)
-    processes = _processes(inspection.request, 1 if mig else gpus.count)
-    world = processes * inspection.topology.num_machines
     reasons.extend(gpus.notes)
     host_gib, host_origin = inspection.node_memory(processes)
     capacity = Capacity(
@@ -254,7 +255,7 @@ def _given_strategy(inspection: Inspection) -> StrategyChoice | None:
 
 
 def _precision(
-    inspection: Inspection, given: StrategyChoice | None, reasons: list[str]
+    inspection: Inspection, given: StrategyChoice | None, world: int, reasons: list[str], warnings: list[str]
 ) -> tuple[str, Source, FP8Backend | None]:
     request, training, gpus = inspection.request, inspection.training, inspection.gpus
     if training.fp8:
@@ -293,6 +294,12 @@ def _precision(
     if asked == "auto" and given is not None and not given.strategy.carries_fp8:
         reasons.append(f"BF16 because FP8 never ran under {given.strategy.label}")
         return _half_precision(gpus, reasons), source, None
+    short = too_short_for_fp8(backend.payback, training, inspection.model.facts, world)
+    if short and asked == "auto":
+        reasons.append(f"BF16 because {short}")
+        return _half_precision(gpus, reasons), source, None
+    if short:
+        warnings.append(f"{short}; FP8 kept, as asked")
     reasons.append(f"FP8 through {backend.name}: {backend.why}")
     return "fp8", source, backend
 

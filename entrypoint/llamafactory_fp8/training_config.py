@@ -28,6 +28,14 @@ QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
 LLAMAFACTORY_FP8_BACKENDS = ("auto", *(backend.name for backend in FP8_BACKENDS), "msamp")
 
 
+@dataclass(frozen=True)
+class RunLength:
+    """The most micro-batches each process trains, and how that follows from the YAML."""
+
+    micro_batches: int
+    why: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """A training YAML as LLaMA-Factory will read it, with LLaMA-Factory's defaults for the keys the launcher
@@ -83,16 +91,25 @@ class TrainingConfig:
     datasets: tuple[str, ...]
     """The training datasets' names (dataset)."""
 
-    def optimizer_steps_at_most(self, world: int) -> int | None:
-        """The most optimizer steps the run can take over `world` processes: max_steps, or num_train_epochs over at
-        most max_samples examples from each dataset (as Transformers counts them: micro-batches per process, then
-        accumulated); None where neither bounds it."""
+    def run_length(self, world: int) -> RunLength | None:
+        """At most how many micro-batches each of `world` processes trains: max_steps, or num_train_epochs over at
+        most max_samples examples from each dataset, in optimizer steps as Transformers 5 counts them (an epoch's
+        last step may accumulate fewer), times the accumulation; None where neither bounds it."""
+        accumulated = f" x gradient_accumulation_steps {self.gradient_accumulation_steps}"
         if self.max_steps > 0:
-            return self.max_steps
+            return RunLength(
+                self.max_steps * self.gradient_accumulation_steps, f"max_steps {self.max_steps}{accumulated}"
+            )
         if self.max_samples is None or not self.datasets:
             return None
-        micro_batches = math.ceil(self.max_samples * len(self.datasets) / (self.micro_batch_size * world))
-        return math.ceil(self.num_train_epochs * max(micro_batches // self.gradient_accumulation_steps, 1))
+        examples = self.max_samples * len(self.datasets)
+        per_epoch = math.ceil(examples / (self.micro_batch_size * world))  # micro-batches, the last one short
+        steps = math.ceil(self.num_train_epochs * max(math.ceil(per_epoch / self.gradient_accumulation_steps), 1))
+        return RunLength(
+            steps * self.gradient_accumulation_steps,
+            f"{self.num_train_epochs:g} epochs over at most {examples:,} examples (max_samples {self.max_samples} "
+            f"from each of {len(self.datasets)} datasets): {steps:,} optimizer steps{accumulated}",
+        )
 
     def source_of(self, key: str) -> Source:
         """Where the user set `key`: on the command line (key=value) or in the YAML."""

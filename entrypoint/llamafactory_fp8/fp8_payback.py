@@ -1,0 +1,64 @@
+"""FP8's longer start against the run's length. torchao's FP8 runs compiled, and its first step comes later than
+BF16's, compiled or eager; its faster steps win that back only after enough micro-batches. A run known to be
+shorter (max_steps, or epochs over max_samples) is faster in BF16. The measured points live on the backend's
+record (backends.py); bench/payback.py computes them from bench/results/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # training_config reads the backends' records, which hold Payback points
+    from .model_facts import ModelFacts
+    from .training_config import TrainingConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payback:
+    """One measured point: the micro-batches a GPU trained before FP8 was ahead of BF16 in wall time, the time to
+    its first step (compiling included) counted."""
+
+    finetuning: Literal["full", "lora"]
+    """full stands for freeze too, lora for OFT."""
+    checkpointing: bool
+    """Gradient checkpointing (it changes what torch.compile compiles, and how long it takes)."""
+    bf16_compiled: bool
+    """BF16 as the YAML would run it: compiled (torch_compile: true) or eager (LLaMA-Factory's default)."""
+    tokens: int
+    """Per micro-batch: per_device_train_batch_size x cutoff_len."""
+    micro_batches: int
+    parameters: int
+    """The measured model's size. A smaller model takes at least as many micro-batches (less to gain a step,
+    about as much to compile a layer), so the point stands for every size up to this one."""
+    measured: str
+    """The result it comes from, for the block."""
+
+
+def too_short_for_fp8(
+    points: tuple[Payback, ...], training: TrainingConfig, model: ModelFacts | None, world: int
+) -> str | None:
+    """Why this run ends before FP8 pays back its start, or None: its length is unbounded, nothing comparable was
+    measured, or it is long enough. The point used is the measured one of the same kind with the most tokens up
+    to the run's (fewer tokens, less to gain a step): the run's own tokens are an upper bound (cutoff_len)."""
+    length = training.run_length(world)
+    if length is None or model is None:
+        return None
+    kind = "lora" if training.finetuning_type in ("lora", "oft") else "full"
+    same = [
+        point
+        for point in points
+        if (point.finetuning, point.checkpointing, point.bf16_compiled)
+        == (kind, training.gradient_checkpointing, training.torch_compile)
+        and model.num_parameters <= point.parameters
+    ]
+    tokens = training.micro_batch_size * training.cutoff_len
+    below = [point for point in same if point.tokens <= tokens]
+    point = max(below, key=lambda p: p.tokens) if below else min(same, key=lambda p: p.tokens, default=None)
+    if point is None or length.micro_batches >= point.micro_batches:
+        return None
+    bf16 = "compiled" if point.bf16_compiled else "eager"
+    return (
+        f"this run trains at most {length.micro_batches:,} micro-batches per GPU ({length.why}), and FP8's longer "
+        f"start was measured to pay back only after {point.micro_batches:,} of {point.tokens} tokens against BF16 "
+        f"{bf16} ({point.measured})"
+    )
