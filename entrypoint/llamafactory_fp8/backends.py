@@ -7,8 +7,28 @@ import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
-from .fp8_payback import Payback
+
+@dataclass(frozen=True, kw_only=True)
+class Payback:
+    """One measured point: the micro-batches a GPU trained before FP8 was ahead of BF16 in wall time, the time to
+    its first step (compiling included) counted."""
+
+    finetuning: Literal["full", "lora"]
+    """full stands for freeze too, lora for OFT."""
+    checkpointing: bool
+    """Gradient checkpointing (it changes what torch.compile compiles, and how long it takes)."""
+    bf16_compiled: bool
+    """BF16 as the YAML would run it: compiled (torch_compile: true) or eager (LLaMA-Factory's default)."""
+    tokens: int
+    """Per micro-batch: per_device_train_batch_size x cutoff_len."""
+    micro_batches: int
+    parameters: int
+    """The measured model's size. A smaller model takes at least as many micro-batches (less to gain a step,
+    about as much to compile a layer), so the point stands for every size up to this one."""
+    measured: str
+    """The result it comes from, for the block."""
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,13 @@
 """FP8's longer start against the run's length. torchao's FP8 runs compiled, and its first step comes later than
 BF16's, compiled or eager; its faster steps win that back only after enough micro-batches. A run known to be
-shorter (max_steps, or epochs over max_samples) is faster in BF16. The measured points live on the backend's
-record (backends.py); bench/payback.py computes them from bench/results/."""
+shorter (max_steps, or epochs over max_samples) is faster in BF16. The measured points (backends.Payback) live on
+the backend's record; bench/payback.py computes them from bench/results/."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:  # training_config reads the backends' records, which hold Payback points
-    from .model_facts import ModelFacts
-    from .training_config import TrainingConfig
-
-
-@dataclass(frozen=True, kw_only=True)
-class Payback:
-    """One measured point: the micro-batches a GPU trained before FP8 was ahead of BF16 in wall time, the time to
-    its first step (compiling included) counted."""
-
-    finetuning: Literal["full", "lora"]
-    """full stands for freeze too, lora for OFT."""
-    checkpointing: bool
-    """Gradient checkpointing (it changes what torch.compile compiles, and how long it takes)."""
-    bf16_compiled: bool
-    """BF16 as the YAML would run it: compiled (torch_compile: true) or eager (LLaMA-Factory's default)."""
-    tokens: int
-    """Per micro-batch: per_device_train_batch_size x cutoff_len."""
-    micro_batches: int
-    parameters: int
-    """The measured model's size. A smaller model takes at least as many micro-batches (less to gain a step,
-    about as much to compile a layer), so the point stands for every size up to this one."""
-    measured: str
-    """The result it comes from, for the block."""
+from .backends import Payback
+from .model_facts import ModelFacts
+from .training_config import TrainingConfig
 
 
 def too_short_for_fp8(
