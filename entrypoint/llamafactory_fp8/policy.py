@@ -26,7 +26,7 @@ from .memory import MemoryEstimate
 from .precedence import Source, precedence
 from .request import Request
 from .strategies import BY_NAME as STRATEGIES_BY_NAME
-from .strategies import DDP, Strategy
+from .strategies import DDP, STRATEGIES
 from .training_config import FP8_CAPABLE_STAGES, TrainingConfig
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
@@ -104,7 +104,7 @@ def decide(inspection: Inspection) -> Decision:
     processes = _processes(inspection.request, 1 if mig else gpus.count)
     world = processes * inspection.topology.num_machines
     warnings: list[str] = []
-    precision, source, backend = _precision(inspection, given, world, reasons, warnings)
+    precision, source, backend = _precision(inspection, given, reasons)
     recipe = _fp8_recipe(inspection, backend, reasons)
     if backend is not None and given is not None and not given.strategy.carries_fp8:
         warnings.append(
@@ -135,14 +135,36 @@ def decide(inspection: Inspection) -> Decision:
         )
     try:
         fitted = fit(shape, given, capacity, world, inspection.request.memory_check, unestimated)
-        slower = _fp8_slower_under(fitted.choice.strategy, training) if backend is not None else None
+        slower = (
+            fitted.choice.strategy.fp8_unproven(training.micro_batch_size, training.cutoff_len) if backend else None
+        )
     except DoesNotFit:
         if source != "auto" or backend is None:
             raise
         fitted, slower = None, "FP8 fits under no strategy that carries it"
+    short = too_short_for_fp8(backend.payback, training, model, world) if backend is not None else None
     if source != "auto" and slower is not None and fitted.choice.strategy.carries_fp8:
         # under a strategy FP8 never ran with, the warning above already says more than "never measured faster"
         warnings.append(f"{slower}; FP8 kept, as asked")
+    if source != "auto" and short is not None:
+        warnings.append(f"{short}; FP8 kept, as asked")
+    if source == "auto" and slower is None and short is not None:
+        # a run too short for FP8's longer start: BF16, unless BF16 needs a slower strategy than FP8 fits under
+        try:
+            bf16_shape = replace(shape, backend=None, recipe=None)
+            bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
+        except DoesNotFit:
+            reasons.append(f"FP8 kept though {short}: BF16 does not fit")
+        else:
+            if STRATEGIES.index(bf16_fit.choice.strategy) > STRATEGIES.index(fitted.choice.strategy):
+                reasons.append(
+                    f"FP8 kept though {short}: BF16 would need {bf16_fit.choice.strategy.label}, "
+                    f"slower than {fitted.choice.strategy.label}"
+                )
+            else:
+                reasons = [f"BF16 because {short}"]
+                precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
+                reasons.extend(gpus.notes)
     if source == "auto" and slower is not None:
         # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, or none fits, auto takes
         # BF16 if it fits
@@ -166,20 +188,6 @@ def decide(inspection: Inspection) -> Decision:
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
-
-
-def _fp8_slower_under(strategy: Strategy, training: TrainingConfig) -> str | None:
-    """Why FP8 is not known to pay under this strategy at this run's micro-batch; None where it was measured to."""
-    tokens = training.micro_batch_size * training.cutoff_len
-    if strategy.fp8_pays_from_tokens is None:
-        return f"FP8 was never measured faster than BF16 under {strategy.label} (bench/README.md)"
-    if tokens < strategy.fp8_pays_from_tokens:
-        return (
-            f"under {strategy.label} FP8 was measured faster than BF16 only from {strategy.fp8_pays_from_tokens} "
-            f"tokens per micro-batch, and this run's is at most {training.micro_batch_size} x {training.cutoff_len} "
-            "(bench/README.md)"
-        )
-    return None
 
 
 def _processes(request: Request, available: int) -> int:
@@ -255,7 +263,7 @@ def _given_strategy(inspection: Inspection) -> StrategyChoice | None:
 
 
 def _precision(
-    inspection: Inspection, given: StrategyChoice | None, world: int, reasons: list[str], warnings: list[str]
+    inspection: Inspection, given: StrategyChoice | None, reasons: list[str]
 ) -> tuple[str, Source, FP8Backend | None]:
     request, training, gpus = inspection.request, inspection.training, inspection.gpus
     if training.fp8:
@@ -294,12 +302,6 @@ def _precision(
     if asked == "auto" and given is not None and not given.strategy.carries_fp8:
         reasons.append(f"BF16 because FP8 never ran under {given.strategy.label}")
         return _half_precision(gpus, reasons), source, None
-    short = too_short_for_fp8(backend.payback, training, inspection.model.facts, world)
-    if short and asked == "auto":
-        reasons.append(f"BF16 because {short}")
-        return _half_precision(gpus, reasons), source, None
-    if short:
-        warnings.append(f"{short}; FP8 kept, as asked")
     reasons.append(f"FP8 through {backend.name}: {backend.why}")
     return "fp8", source, backend
 

@@ -53,6 +53,18 @@ class Strategy:
     def uses_deepspeed(self) -> bool:
         return self.deepspeed_config is not None
 
+    def fp8_unproven(self, micro_batch_size: int, cutoff_len: int) -> str | None:
+        """Why FP8 is not known to pay under this strategy at a run's micro-batch; None where it was measured to."""
+        if self.fp8_pays_from_tokens is None:
+            return f"FP8 was never measured faster than BF16 under {self.label} (bench/README.md)"
+        if micro_batch_size * cutoff_len < self.fp8_pays_from_tokens:
+            return (
+                f"under {self.label} FP8 was measured faster than BF16 only from {self.fp8_pays_from_tokens} "
+                f"tokens per micro-batch, and this run's is at most {micro_batch_size} x {cutoff_len} "
+                "(bench/README.md)"
+            )
+        return None
+
 
 DDP = Strategy(
     name="ddp",
