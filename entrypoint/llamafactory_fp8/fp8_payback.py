@@ -14,8 +14,10 @@ def too_short_for_fp8(
     points: tuple[Payback, ...], training: TrainingConfig, model: ModelFacts | None, world: int
 ) -> str | None:
     """Why this run ends before FP8 pays back its start, or None: its length is unbounded, nothing comparable was
-    measured, or it is long enough. The point used is the measured one of the same kind with the most tokens up
-    to the run's (fewer tokens, less to gain a step): the run's own tokens are an upper bound (cutoff_len)."""
+    measured, or it is long enough. Comparable points are of the same kind, on models at least this size, at the
+    most tokens up to the run's (fewer tokens, less to gain a step; the run's own are an upper bound, cutoff_len),
+    else at the fewest; of those, the one that pays back soonest, so that auto leaves FP8 only where every
+    comparable measurement had it behind."""
     length = training.run_length(world)
     if length is None or model is None:
         return None
@@ -27,10 +29,13 @@ def too_short_for_fp8(
         == (kind, training.gradient_checkpointing, training.torch_compile)
         and model.num_parameters <= point.parameters
     ]
+    if not same:
+        return None
     tokens = training.micro_batch_size * training.cutoff_len
-    below = [point for point in same if point.tokens <= tokens]
-    point = max(below, key=lambda p: p.tokens) if below else min(same, key=lambda p: p.tokens, default=None)
-    if point is None or length.micro_batches >= point.micro_batches:
+    below = [point.tokens for point in same if point.tokens <= tokens]
+    level = max(below) if below else min(point.tokens for point in same)
+    point = min((p for p in same if p.tokens == level), key=lambda p: p.micro_batches)
+    if length.micro_batches >= point.micro_batches:
         return None
     bf16 = "compiled" if point.bf16_compiled else "eager"
     return (

@@ -107,7 +107,8 @@ class TrainingConfig:
         steps = math.ceil(self.num_train_epochs * max(math.ceil(per_epoch / self.gradient_accumulation_steps), 1))
         return RunLength(
             steps * self.gradient_accumulation_steps,
-            f"{self.num_train_epochs:g} epochs over at most {examples:,} examples, max_samples {self.max_samples} "
+            f"{self.num_train_epochs:g} epoch{'' if self.num_train_epochs == 1 else 's'} over at most {examples:,} "
+            f"examples, max_samples {self.max_samples} "
             f"from each of {len(self.datasets)} datasets: {steps:,} optimizer steps{accumulated}",
         )
 
