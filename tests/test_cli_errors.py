@@ -83,6 +83,9 @@ BAD_INPUTS = {
     "a value of the wrong type": (["train", DEMO, "learning_rate=abc"], "h100-sxm", 13, "learning_rate"),
     "max_steps=abc": (["train", DEMO, "max_steps=abc"], "h100-sxm", 13, "max_steps"),
     "max_steps=": (["train", DEMO, "max_steps="], "h100-sxm", 13, "max_steps"),
+    # the run's length is read to weigh FP8's longer start: a value no length follows from is refused there
+    "num_train_epochs=inf": (["train", DEMO, "num_train_epochs=.inf"], "h100-sxm", 13, "num_train_epochs"),
+    "max_samples=0": (["train", DEMO, "max_samples=0"], "h100-sxm", 13, "max_samples"),
     "an unknown key": (["train", DEMO, "learnig_rate=1e-5"], "h100-sxm", 13, "did you mean learning_rate"),
     "a dataset no dataset_info.json names": (["train", DEMO, "dataset=nope"], "h100-sxm", 26, "nope is not in"),
     "a broken dataset file": (["train", DEMO, _users_data("m.json", "[{"), MINE], "h100-sxm", 26, "not valid JSON"),

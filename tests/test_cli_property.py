@@ -45,6 +45,10 @@ KEYS = (
     "dataset_dir",
     "learning_rate",
     "overwrite_output_dir",
+    "max_steps",
+    "num_train_epochs",
+    "max_samples",
+    "dataset",
 )
 MODELS = [str(model_dir(name)) for name in ("qwen2.5-0.5b", "llama-3.1-8b", "llama-3.1-70b")]
 FLAGS = (
@@ -94,6 +98,11 @@ PLAUSIBLE = {
     "deepspeed": st.sampled_from(["missing.json", {"zero_optimization": {"stage": 3}}, {"zero_optimization": [1]}]),
     "fsdp": st.sampled_from(["full_shard auto_wrap", ["shard_grad_op"], "offload full_shard", ""]),
     "fsdp_config": st.sampled_from([{"fsdp_version": 2}, "fsdp.json"]),
+    # the run's length, which auto weighs FP8's longer start against
+    "max_steps": st.integers(-2, 10**7),
+    "num_train_epochs": st.floats(0, 100) | st.integers(0, 100),
+    "max_samples": st.none() | st.integers(0, 10**6),
+    "dataset": st.sampled_from(["identity", "identity,alpaca_en_demo", ["alpaca_en_demo"], "nope"]),
 }
 PLAUSIBLE.update(
     {

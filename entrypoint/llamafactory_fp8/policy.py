@@ -151,7 +151,7 @@ def decide(inspection: Inspection) -> Decision:
     if source == "auto" and slower is None and short is not None:
         # a run too short for FP8's longer start: BF16, unless BF16 needs a slower strategy than FP8 fits under
         try:
-            bf16_shape = replace(shape, backend=None, recipe=None)
+            bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
             bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
         except DoesNotFit:
             reasons.append(f"FP8 kept though {short}: BF16 does not fit")

@@ -253,7 +253,7 @@ class _Reader:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise self._invalid(key, "a number of at least 0")
         return float(value)
 
