@@ -19,14 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, 
 from bench.cases import Result, result_from_record  # noqa: E402
 
 
-def first_step_s(result: Result, directory: Path) -> float | None:
+def first_step(result: Result, directory: Path) -> tuple[int, float] | None:
+    """The first step the run reports, and the seconds to it: logged (every `logging_steps`) from the launch, or
+    from the trainer's progress bar, which starts after loading."""
     if result.seconds_to_step:
-        return result.seconds_to_step[min(result.seconds_to_step)]
+        step = min(result.seconds_to_step)
+        return step, result.seconds_to_step[step]
     log = directory / "logs" / f"{result.case.name}.log"
     # the trainer's tqdm bar after step 1, "1/32 [03:23<" (its total is max_steps: the datasets' bars have others)
-    first_step = re.compile(rf" 1/{result.case.max_steps} \[(\d+):(\d+)<")
-    found = first_step.search(log.read_text()) if log.exists() else None
-    return int(found[1]) * 60 + int(found[2]) if found else None
+    first = re.compile(rf" 1/{result.case.max_steps} \[(\d+):(\d+)<")
+    found = first.search(log.read_text()) if log.exists() else None
+    return (1, int(found[1]) * 60 + int(found[2])) if found else None
 
 
 def seconds_per_micro_batch(result: Result) -> float | None:
@@ -42,20 +45,22 @@ def payback_rows(directory: Path) -> list[dict]:
         for bf16 in results:
             if bf16.case.precision != "bf16" or bf16.case.pair != fp8.case.pair or bf16.exit_code != 0:
                 continue
-            starts = first_step_s(bf16, directory), first_step_s(fp8, directory)
+            starts = first_step(bf16, directory), first_step(fp8, directory)
             steps = seconds_per_micro_batch(bf16), seconds_per_micro_batch(fp8)
-            if None in starts or None in steps:
+            if None in starts or None in steps or starts[0][0] != starts[1][0]:
                 continue
-            behind, gain = starts[1] - starts[0], steps[0] - steps[1]
+            at = starts[0][0] * fp8.case.grad_accum  # micro-batches by then
+            behind, gain = starts[1][1] - starts[0][1], steps[0] - steps[1]
             rows.append(
                 {
                     "results": directory.name,
                     "fp8": fp8.case.name,
                     "against": "BF16 compiled" if bf16.case.compile else "BF16 eager",
                     "tokens": fp8.case.batch * fp8.case.seq,
-                    "first_step_s": starts,
+                    "first_step": starts[0][0],
+                    "first_step_s": (starts[0][1], starts[1][1]),
                     "s_per_micro_batch": (round(steps[0], 4), round(steps[1], 4)),
-                    "payback": round(behind / gain) if behind > 0 and gain > 0 else 0 if behind <= 0 else None,
+                    "payback": at + round(behind / gain) if behind > 0 and gain > 0 else at if behind <= 0 else None,
                 }
             )
     return rows
@@ -63,15 +68,15 @@ def payback_rows(directory: Path) -> list[dict]:
 
 def main() -> int:
     print(
-        "| results | FP8 run | against | tokens per micro-batch | first step s (BF16, FP8) "
+        "| results | FP8 run | against | tokens per micro-batch | first step | its s (BF16, FP8) "
         "| s per micro-batch (BF16, FP8) | micro-batches to pay back |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for directory in map(Path, sys.argv[1:]):
         for row in payback_rows(directory):
             payback = "never" if row["payback"] is None else f"{row['payback']:,}"
             print(
-                f"| {row['results']} | {row['fp8']} | {row['against']} | {row['tokens']} | "
+                f"| {row['results']} | {row['fp8']} | {row['against']} | {row['tokens']} | {row['first_step']} | "
                 f"{row['first_step_s'][0]:g}, {row['first_step_s'][1]:g} | "
                 f"{row['s_per_micro_batch'][0]}, {row['s_per_micro_batch'][1]} | {payback} |"
             )
