@@ -13,6 +13,8 @@ from .plots import plot_losses
 from .profiles import breakdown
 from .wall_time import wall_time, wall_time_markdown
 
+LABELS = ((True, "compiled"), (False, "eager"))  # BF16's compile setting, as the tables name it
+
 
 def ratio_table(results: list[Result]) -> list[dict]:
     """One row per FP8 run: against BF16 of the same pair with the same compile setting, compiled and eager, and
@@ -46,7 +48,7 @@ def ratio_table(results: list[Result]) -> list[dict]:
             "fp8_layers": r.fp8_layers,
             "fp8_tokens_per_s": r.tokens_per_s,
         }
-        for compiled, label in ((True, "compiled"), (False, "eager")):
+        for compiled, label in LABELS:
             base = bf16.get((r.case.pair, compiled))
             if base and r.tokens_per_s:
                 row[f"speedup_vs_bf16_{label}"] = round(r.tokens_per_s / base.tokens_per_s, 3)
@@ -66,11 +68,8 @@ def ratio_table(results: list[Result]) -> list[dict]:
                 row["loss_step"] = last
                 row["loss_rel_diff"] = round((r.losses[last] - same.losses[last]) / same.losses[last], 4)
         if not r.case.loss_only:
-            row["wall_time"] = {
-                label: wall_time(r, base)
-                for compiled, label in ((True, "compiled"), (False, "eager"))
-                if (base := bf16.get((r.case.pair, compiled))) and wall_time(r, base)
-            }
+            timed = {label: wall_time(r, bf16.get((r.case.pair, compiled))) for compiled, label in LABELS}
+            row["wall_time"] = {label: found for label, found in timed.items() if found}
         if r.case.steps >= LONG_RUN_STEPS:
             row["parity"] = parity(r, results)
         rows.append(row)

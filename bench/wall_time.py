@@ -17,9 +17,12 @@ def seconds_per_step(result: Result) -> float | None:
     return (seen[last] - seen[first]) / (last - first)
 
 
-def wall_time(fp8: Result, bf16: Result) -> dict | None:
+def wall_time(fp8: Result, bf16: Result | None) -> dict | None:
     """Both runs' seconds to their last common timed step, their steady seconds per step, and the step from which
-    FP8 is ahead: the first logged one where it is, else where its per-step lead would close the gap (None: never)."""
+    FP8 is ahead: the first logged one where it is, else where its per-step lead would close the gap (None: never).
+    None where there is no BF16 run, or either lacks the times."""
+    if bf16 is None:
+        return None
     common = sorted(step for step in set(fp8.seconds_to_step) & set(bf16.seconds_to_step) if step <= fp8.case.steps)
     fp8_step, bf16_step = seconds_per_step(fp8), seconds_per_step(bf16)
     if not common or fp8_step is None or bf16_step is None:
