@@ -291,6 +291,7 @@ PLANS = {
     "sweep-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,)),
     # the least that gives one payback point at LLaMA-Factory's defaults: FP8 first, then BF16 eager
     "payback-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,))[::-2],
+    "payback-3b-b1": micro_batch_sweep_8b(batches=(1,), shape="qwen2.5-3b")[::-2],  # the same for the 3B's full
     # one H100's share of both sweeps, the shortest first: LoRA at 1 sequence, cold and rerun with the compile cache
     # kept, then at 2 and 4 interleaved with the 3B's full fine-tuning (the 8B's does not fit 80 GB)
     "sweep-h100": [
