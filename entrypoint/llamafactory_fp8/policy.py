@@ -148,38 +148,28 @@ def decide(inspection: Inspection) -> Decision:
         warnings.append(f"{slower}; FP8 kept, as asked")
     if source != "auto" and short is not None:
         warnings.append(f"{short}; FP8 kept, as asked")
-    if source == "auto" and slower is None and short is not None:
-        # a run too short for FP8's longer start: BF16, unless BF16 needs a slower strategy than FP8 fits under
-        try:
-            bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
-            bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
-        except DoesNotFit:
-            reasons.append(f"FP8 kept though {short}: BF16 does not fit")
-        else:
-            if STRATEGIES.index(bf16_fit.choice.strategy) > STRATEGIES.index(fitted.choice.strategy):
-                reasons.append(
-                    f"FP8 kept though {short}: BF16 would need {bf16_fit.choice.strategy.label}, "
-                    f"slower than {fitted.choice.strategy.label}"
-                )
-            else:
-                reasons = [f"BF16 because {short}"]
-                precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
-                reasons.extend(gpus.notes)
-    if source == "auto" and slower is not None:
-        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, or none fits, auto takes
-        # BF16 if it fits
+    against = slower if slower is not None else short
+    if source == "auto" and against is not None:
+        # FP8 was chosen before the strategy; where the strategy it needs makes FP8 slower, none fits, or the run is
+        # too short for FP8's longer start, auto takes BF16 if it fits (for a short run, under a strategy no slower)
         try:
             bf16_shape = replace(shape, backend=None, recipe=None) if shape else None
             bf16_fit = fit(bf16_shape, given, capacity, world, inspection.request.memory_check, unestimated)
         except DoesNotFit:
             if fitted is None:
                 raise
-            reasons.append(f"FP8 kept though {slower}: BF16 does not fit")
+            reasons.append(f"FP8 kept though {against}: BF16 does not fit")
         else:
-            reasons = [f"BF16 because {slower}"]
-            precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
-            reasons.extend(gpus.notes)
-    elif source == "auto" and backend is not None and fitted.choice.strategy.fp8_pays_from_tokens:
+            if slower is None and STRATEGIES.index(bf16_fit.choice.strategy) > STRATEGIES.index(fitted.choice.strategy):
+                reasons.append(
+                    f"FP8 kept though {short}: BF16 would need {bf16_fit.choice.strategy.label}, "
+                    f"slower than {fitted.choice.strategy.label}"
+                )
+            else:
+                reasons = [f"BF16 because {against}"]
+                precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
+                reasons.extend(gpus.notes)
+    if source == "auto" and slower is None and backend is not None and fitted.choice.strategy.fp8_pays_from_tokens:
         strategy = fitted.choice.strategy
         reasons.append(
             f"FP8 under {strategy.label}: measured faster than BF16 from {strategy.fp8_pays_from_tokens} tokens per "
