@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, only bench/ is on the path
 
 from bench.cases import Result, result_from_record  # noqa: E402
+from bench.wall_time import ahead_from  # noqa: E402
 
 
 def first_step(result: Result, directory: Path) -> tuple[int, float] | None:
@@ -60,7 +61,7 @@ def payback_rows(directory: Path) -> list[dict]:
                     "first_step": starts[0][0],
                     "first_step_s": (starts[0][1], starts[1][1]),
                     "s_per_micro_batch": (round(steps[0], 4), round(steps[1], 4)),
-                    "payback": at + round(behind / gain) if behind > 0 and gain > 0 else at if behind <= 0 else None,
+                    "payback": ahead_from(at, behind, gain),
                 }
             )
     return rows

@@ -17,6 +17,14 @@ def seconds_per_step(result: Result) -> float | None:
     return (seen[last] - seen[first]) / (last - first)
 
 
+def ahead_from(step: int, behind_s: float, gain_s: float) -> int | None:
+    """The step from which FP8 is ahead, `behind_s` seconds behind BF16 at `step` and gaining `gain_s` a step:
+    `step` itself where it is not behind, None where it gains nothing."""
+    if behind_s <= 0:
+        return step
+    return step + round(behind_s / gain_s) if gain_s > 0 else None
+
+
 def wall_time(fp8: Result, bf16: Result | None) -> dict | None:
     """Both runs' seconds to their last common timed step, their steady seconds per step, and the step from which
     FP8 is ahead: the first logged one where it is, else where its per-step lead would close the gap (None: never).
@@ -29,13 +37,8 @@ def wall_time(fp8: Result, bf16: Result | None) -> dict | None:
         return None
     last = common[-1]
     ahead = [step for step in common if fp8.seconds_to_step[step] <= bf16.seconds_to_step[step]]
-    if ahead:
-        catch_up = ahead[0]
-    elif fp8_step < bf16_step:
-        behind = fp8.seconds_to_step[last] - bf16.seconds_to_step[last]
-        catch_up = last + round(behind / (bf16_step - fp8_step))
-    else:
-        catch_up = None
+    behind = fp8.seconds_to_step[last] - bf16.seconds_to_step[last]
+    catch_up = ahead[0] if ahead else ahead_from(last, behind, bf16_step - fp8_step)
     return {
         "step": last,
         "bf16_s": bf16.seconds_to_step[last],
