@@ -107,6 +107,7 @@ def test_an_unreachable_hub_is_offline_not_an_error(tmp_path):
     result = dry_run(tmp_path, "http://127.0.0.1:9", f"model_name_or_path={OPEN}")  # the discard port: refused
     assert result.returncode == 0, result.stderr
     assert "size unknown: offline: http://127.0.0.1:9 could not be reached (ConnectError)" in result.stdout
+    assert result.stdout.count("could not be reached") == 1  # the block says the cause once, on the model line
 
 
 def test_modelscope_without_its_package_is_one_line(tmp_path, hub):

@@ -123,7 +123,7 @@ def decide(inspection: Inspection) -> Decision:
     model = inspection.model.facts
     shape, unestimated = None, memory.unmodeled(training)
     if model is None:
-        unestimated = f"the model's size is unknown ({inspection.model.unknown_because})"
+        unestimated = "the model's size is unknown (the model line says why)"
     elif unestimated is None:
         shape = RunShape(
             model=model,
@@ -341,7 +341,7 @@ def _auto_backend(installed: list[FP8Backend], training: TrainingConfig, forced:
 def _fp8_pays(inspection: Inspection, reasons: list[str]) -> bool:
     model, kind = inspection.model.facts, inspection.training.finetuning_type
     if model is None:
-        reasons.append(f"BF16 because the model's size is unknown ({inspection.model.unknown_because})")
+        reasons.append("BF16 because the model's size is unknown (the model line says why)")
         return False
     threshold = AUTO_FP8_MIN_PARAMETERS[kind]
     size = f"{model.billions:.2f}B parameters"
