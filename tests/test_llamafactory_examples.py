@@ -8,6 +8,9 @@ import contextlib
 import io
 import json
 import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 from llamafactory_fp8.cli import main
@@ -86,10 +89,22 @@ def test_the_corpus_is_llamafactorys_examples():
     assert len(CORPUS) >= 50 and set(REFUSED) <= {str(path) for path in CORPUS}
 
 
+@pytest.mark.parametrize("where", ["lf-root", "users-folder"])
 @pytest.mark.parametrize("profile", ["h100-sxm-x8", "a100"])
 @pytest.mark.parametrize("example", CORPUS, ids=str)
-def test_each_example_is_a_plan_or_its_documented_refusal(example, profile, hub, nvml_profile, monkeypatch, tmp_path):
-    monkeypatch.chdir(EXAMPLES.parent)  # LLaMA-Factory's README runs them from its root
+def test_each_example_is_a_plan_or_its_documented_refusal(
+    example, profile, where, hub, nvml_profile, monkeypatch, tmp_path
+):
+    """From LLaMA-Factory's root, as its README runs them, and copied into a user's folder of their own, as the
+    container runs them (`compose run train configs/x.yaml` in /work): the relative files they name
+    (examples/deepspeed/...) are then LLaMA-Factory's release copies."""
+    config = EXAMPLES / example
+    if where == "lf-root":
+        monkeypatch.chdir(EXAMPLES.parent)
+    else:
+        (tmp_path / "work" / "configs").mkdir(parents=True)
+        config = Path(shutil.copy(config, tmp_path / "work" / "configs"))
+        monkeypatch.chdir(tmp_path / "work")
     for name in ("HF_HUB_OFFLINE", "NNODES", "USE_MODELSCOPE_HUB"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", hub)
@@ -98,7 +113,7 @@ def test_each_example_is_a_plan_or_its_documented_refusal(example, profile, hub,
     nvml_profile(profile)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["train", str(EXAMPLES / example), "--dry-run"])
+        code = main(["train", str(config), "--dry-run"])
     errors = [line for line in stderr.getvalue().splitlines() if line.startswith("llamafactory-fp8: error:")]
     expected_code, words = REFUSED.get(str(example), (0, None))
     assert code == expected_code, stderr.getvalue()[-2000:]
@@ -106,6 +121,8 @@ def test_each_example_is_a_plan_or_its_documented_refusal(example, profile, hub,
         assert len(errors) == 1 and words in errors[0], errors
     else:
         assert not errors and "  choice " in stdout.getvalue()
+        for named in re.findall(r" deepspeed=(\S+)", stdout.getvalue()):  # what LLaMA-Factory will open
+            assert (Path.cwd() / named).is_file(), named
     assert not os.path.exists(EXAMPLES.parent / "saves"), "a dry run writes nothing"
 
 

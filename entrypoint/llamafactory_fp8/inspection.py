@@ -27,7 +27,7 @@ from .errors import (
 )
 from .gpus import GpuInventory, read_gpus
 from .lf_data import DATASET_INFO, DatasetInfoUnreadable, merged_dataset_info, names_a_folder
-from .lf_files import lf_data_dir
+from .lf_files import lf_data_dir, lf_dir
 from .lf_schema import SchemaUnavailable, check_keys, load_schema
 from .model_facts import ModelLookup, look_up_model
 from .records import read_record
@@ -53,6 +53,9 @@ class Inspection:
     """What LLaMA-Factory's schema says of keys that will run, but not as the user may think (max_steps: -5)."""
     deepspeed_json: Mapping | None
     """The DeepSpeed config the YAML's `deepspeed` names (read from its file), or None."""
+    deepspeed_from_release: Path | None
+    """LLaMA-Factory's own copy of the YAML's relative `deepspeed` file, where workdir has none: its examples name
+    examples/deepspeed/... from its source root, which a user's folder is not; None otherwise."""
     dataset_info: Mapping | None
     """The dataset_info.json the run reads: LLaMA-Factory's demo datasets and the user's own, merged; None where
     `dataset_dir` names the Hub."""
@@ -157,11 +160,13 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         check_datasets(training.values, dataset_info, environ)
     if set_aside is None:
         _check_checkpoint(training, workdir, output_dir, resume, model)
+    deepspeed_file, from_release = _deepspeed_file(training.deepspeed, workdir, environ)
     return Inspection(
         request=request,
         training=training,
         key_warnings=key_warnings,
-        deepspeed_json=_deepspeed_json(training.deepspeed, workdir),
+        deepspeed_json=_deepspeed_json(training.deepspeed, deepspeed_file),
+        deepspeed_from_release=deepspeed_file if from_release else None,
         dataset_info=dataset_info,
         users_dataset_dir=Path(os.path.abspath(workdir / training.dataset_dir)),
         workdir=workdir,
@@ -241,11 +246,23 @@ def _check_checkpoint(
         raise ResumeMismatch(f"cannot resume: {problem}; choose a new output_dir, or pass --restart")
 
 
-def _deepspeed_json(value: str | Mapping | None, workdir: Path) -> Mapping | None:
-    """The YAML's `deepspeed`: a mapping as written, or the JSON object its path names (relative to workdir)."""
+def _deepspeed_file(value: str | Mapping | None, workdir: Path, environ: Mapping[str, str]) -> tuple[Path | None, bool]:
+    """The file a `deepspeed` path names, and whether it is LLaMA-Factory's release copy: relative to workdir, else,
+    for a relative path workdir lacks, to LLaMA-Factory's source root (its examples name
+    examples/deepspeed/ds_z3_config.json) where the release has it."""
     if value is None or isinstance(value, Mapping):
-        return value
+        return None, False
     path = workdir / value
+    release_copy = lf_dir(environ) / value
+    if not path.exists() and not Path(value).is_absolute() and release_copy.is_file():
+        return release_copy, True
+    return path, False
+
+
+def _deepspeed_json(value: str | Mapping | None, path: Path | None) -> Mapping | None:
+    """The YAML's `deepspeed`: a mapping as written, or the JSON object in the file its path names."""
+    if path is None:
+        return value
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -244,6 +244,7 @@ def final_training_keys(inspection: Inspection, decision: Decision) -> tuple[Tra
         ("yaml", dict(training.written)),
         ("override", {name: training.values[name] for name in training.overrides}),
         ("auto", _dataset_keys(inspection)),
+        ("auto", _release_file_keys(inspection)),
         ("flag" if decision.precision_source == "flag" else "auto", decision.precision_keys()),
         ("flag" if decision.strategy.source == "flag" else "auto", _strategy_keys(inspection, decision)),
         ("resume", inspection.resume.training_keys if inspection.resume else {}),
@@ -292,6 +293,13 @@ def _dataset_keys(inspection: Inspection) -> dict[str, object]:
     if not inspection.training.values.get("media_dir"):
         keys["media_dir"] = str(inspection.users_dataset_dir)
     return keys
+
+
+def _release_file_keys(inspection: Inspection) -> dict[str, object]:
+    """A `deepspeed` file found in LLaMA-Factory's release rather than under workdir, passed on as the absolute
+    path the plan read, for LLaMA-Factory to read the same."""
+    found = inspection.deepspeed_from_release
+    return {"deepspeed": str(found)} if found is not None else {}
 
 
 def _strategy_keys(inspection: Inspection, decision: Decision) -> dict[str, object]:
