@@ -362,8 +362,11 @@ def test_auto_keeps_bf16_for_a_run_too_short_to_pay_back_fp8s_longer_start(plann
     keys = {**COMPILED_NO_CKPT, "gradient_accumulation_steps": 8, **length}
     decision = planner("h200", keys).decision
     assert decision.precision == expected, decision.reasons
-    short = [reason for reason in decision.reasons if "pay back" in reason]
+    short = [reason for reason in decision.reasons if "pay back only after" in reason]
     assert bool(short) == (expected == "bf16")
+    weighed = [reason for reason in decision.reasons if "measured to pay back after" in reason]
+    known_length = "max_steps" in length or "max_samples" in length
+    assert bool(weighed) == (expected == "fp8" and known_length)  # FP8 kept: the block says why its start pays
     if short and length.get("max_samples"):
         # 2,000 examples, one a micro-batch: 250 optimizer steps of 8, 2,000 micro-batches; of the two points that
         # apply to the 3B (the 8B's 6,260 and Qwen2.5-7B's 3,142), the one that favours FP8
@@ -373,9 +376,12 @@ def test_auto_keeps_bf16_for_a_run_too_short_to_pay_back_fp8s_longer_start(plann
 
 def test_the_payback_rule_applies_only_where_it_was_measured(planner):
     short = {"max_steps": 10}
-    # LLaMA-Factory's default (checkpointing on, BF16 eager) was not measured: FP8 as before
-    default = {**FULL, **model("llama-3.1-8b"), **short}
-    assert planner("h200", default).decision.precision == "fp8"
+    # LLaMA-Factory's default (checkpointing on, BF16 eager) was not measured: FP8 as before, and the block says
+    # the run's length was not weighed, and why
+    default = planner("h200", {**FULL, **model("llama-3.1-8b"), **short}).decision
+    assert default.precision == "fp8"
+    (unweighed,) = [reason for reason in default.reasons if "not weighed" in reason]
+    assert "at most 10 micro-batches per GPU" in unweighed and "with checkpointing on against BF16 eager" in unweighed
     # a model larger than the one measured pays back sooner than it: not applied
     larger = {**COMPILED_NO_CKPT, **model("llama-3.1-70b"), **short}
     assert "pay back" not in " ".join(planner("h100-sxm-x8", larger, memory_check=False).decision.reasons)

@@ -5,41 +5,57 @@ the backend's record; bench/payback.py computes them from bench/results/."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .backends import Payback
 from .model_facts import ModelFacts
 from .training_config import TrainingConfig
 
 
-def too_short_for_fp8(
+@dataclass(frozen=True)
+class RunLengthVerdict:
+    """What the run's length says of FP8's longer start, for the block."""
+
+    too_short: bool
+    """The run ends before FP8 pays its start back, by every comparable measurement."""
+    why: str
+
+
+def weigh_run_length(
     points: tuple[Payback, ...], training: TrainingConfig, model: ModelFacts | None, world: int
-) -> str | None:
-    """Why this run ends before FP8 pays back its start, or None: its length is unbounded, nothing comparable was
-    measured, or it is long enough. Comparable points are of the same kind, on models at least this size, at the
-    most tokens up to the run's (fewer tokens, less to gain a step; the run's own are an upper bound, cutoff_len),
-    else at the fewest; of those, the one that pays back soonest, so that auto leaves FP8 only where every
-    comparable measurement had it behind."""
+) -> RunLengthVerdict | None:
+    """The run's length against the measured points; None where its length or the model's size is unknown.
+    Comparable points are of the same kind, on models at least this size, at the most tokens up to the run's
+    (fewer tokens, less to gain a step; the run's own are an upper bound, cutoff_len), else at the fewest; of those,
+    the one that pays back soonest, so that auto leaves FP8 only where every comparable measurement had it behind."""
     length = training.run_length(world)
     if length is None or model is None:
         return None
+    run = f"this run trains at most {length.micro_batches:,} micro-batches per GPU ({length.why})"
     kind = "lora" if training.finetuning_type in ("lora", "oft") else "full"
+    setting = (kind, training.gradient_checkpointing, training.torch_compile)
     same = [
         point
         for point in points
-        if (point.finetuning, point.checkpointing, point.bf16_compiled)
-        == (kind, training.gradient_checkpointing, training.torch_compile)
+        if (point.finetuning, point.checkpointing, point.bf16_compiled) == setting
         and model.num_parameters <= point.parameters
     ]
     if not same:
-        return None
+        checkpointing = "on" if training.gradient_checkpointing else "off"
+        bf16 = "compiled" if training.torch_compile else "eager"
+        return RunLengthVerdict(
+            too_short=False,
+            why=f"{run}; FP8's longer start is not weighed against it: not measured for {kind} with checkpointing "
+            f"{checkpointing} against BF16 {bf16} on a model this size or larger (bench/README.md)",
+        )
     tokens = training.micro_batch_size * training.cutoff_len
     below = [point.tokens for point in same if point.tokens <= tokens]
     level = max(below) if below else min(point.tokens for point in same)
     point = min((p for p in same if p.tokens == level), key=lambda p: p.micro_batches)
-    if length.micro_batches >= point.micro_batches:
-        return None
+    too_short = length.micro_batches < point.micro_batches
     bf16 = "compiled" if point.bf16_compiled else "eager"
-    return (
-        f"this run trains at most {length.micro_batches:,} micro-batches per GPU ({length.why}), and FP8's longer "
-        f"start was measured to pay back only after {point.micro_batches:,} of {point.tokens} tokens against BF16 "
-        f"{bf16} ({point.measured})"
+    return RunLengthVerdict(
+        too_short=too_short,
+        why=f"{run}, and FP8's longer start was measured to pay back {'only ' if too_short else ''}after "
+        f"{point.micro_batches:,} of {point.tokens} tokens against BF16 {bf16} ({point.measured})",
     )

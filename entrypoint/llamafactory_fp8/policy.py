@@ -18,7 +18,7 @@ from .backends import FP8_BACKENDS, FP8Backend
 from .cpu_processes import check_cpu_strategy
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
-from .fp8_payback import too_short_for_fp8
+from .fp8_payback import weigh_run_length
 from .fp8_recipe import RECIPES
 from .gpus import GpuInventory
 from .inspection import Inspection
@@ -142,7 +142,8 @@ def decide(inspection: Inspection) -> Decision:
         if source != "auto" or backend is None:
             raise
         fitted, slower = None, "FP8 fits under no strategy that carries it"
-    short = too_short_for_fp8(backend.payback, training, model, world) if backend is not None else None
+    length = weigh_run_length(backend.payback, training, model, world) if backend is not None else None
+    short = length.why if length is not None and length.too_short else None
     if source != "auto" and slower is not None and fitted.choice.strategy.carries_fp8:
         # under a strategy FP8 never ran with, the warning above already says more than "never measured faster"
         warnings.append(f"{slower}; FP8 kept, as asked")
@@ -169,6 +170,8 @@ def decide(inspection: Inspection) -> Decision:
                 reasons = [f"BF16 because {against}"]
                 precision, backend, recipe, fitted = _half_precision(gpus, reasons), None, None, bf16_fit
                 reasons.extend(gpus.notes)
+    if source == "auto" and backend is not None and length is not None and not length.too_short:
+        reasons.append(length.why)
     if source == "auto" and slower is None and backend is not None and fitted.choice.strategy.fp8_pays_from_tokens:
         strategy = fitted.choice.strategy
         reasons.append(
