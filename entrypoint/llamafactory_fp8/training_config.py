@@ -105,11 +105,11 @@ class TrainingConfig:
         examples = self.max_samples * len(self.datasets)
         per_epoch = math.ceil(examples / (self.micro_batch_size * world))  # micro-batches, the last one short
         steps = math.ceil(self.num_train_epochs * max(math.ceil(per_epoch / self.gradient_accumulation_steps), 1))
+        datasets = f"each of {len(self.datasets)} datasets" if len(self.datasets) > 1 else "its dataset"
         return RunLength(
             steps * self.gradient_accumulation_steps,
             f"{self.num_train_epochs:g} epoch{'' if self.num_train_epochs == 1 else 's'} over at most {examples:,} "
-            f"examples, max_samples {self.max_samples} "
-            f"from each of {len(self.datasets)} datasets: {steps:,} optimizer steps{accumulated}",
+            f"examples, max_samples {self.max_samples} from {datasets}: {steps:,} optimizer steps{accumulated}",
         )
 
     def source_of(self, key: str) -> Source:
