@@ -101,7 +101,7 @@ def planner(nvml_profile, tmp_path, monkeypatch):
     ) -> LaunchPlan:
         nvml_profile(profile)
         path = tmp_path / "train.yaml"
-        path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **keys}))
+        path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "do_train": True, **keys}))
         found = inspect_run(Request(config=path, **flags))
         return make_plan(
             replace(

@@ -27,6 +27,7 @@ CASES = {
     "a remote dataset_dir": ({"dataset_dir": "REMOTE:llamafactory/demo_data"}, "REMOTE:", "ray"),
     "images": ({"image_max_pixels": 262144}, "image_max_pixels", "torchvision"),
     "QLoRA": ({"quantization_bit": 4}, "quantization_bit with quantization_method: bnb", "bitsandbytes"),
+    "generated predictions": ({"do_predict": True, "predict_with_generate": True}, "predict_with_generate", "jieba"),
     "GPTQ on the fly": ({"quantization_bit": 4, "quantization_method": "gptq"}, "gptq", "gptqmodel"),
     "wandb": ({"report_to": "wandb"}, "report_to: wandb", "wandb"),
     "wandb in a list": ({"report_to": ["none", "wandb"]}, "report_to: wandb", "wandb"),
@@ -37,7 +38,9 @@ CASES = {
 def test_an_option_this_image_lacks_is_one_line_and_exit_25(tmp_path, case):
     keys, asked, lacking = CASES[case]
     config = tmp_path / "train.yaml"
-    config.write_text(json.dumps({"model_name_or_path": TEXT_MODEL, "output_dir": str(tmp_path / "out"), **keys}))
+    config.write_text(
+        json.dumps({"model_name_or_path": TEXT_MODEL, "output_dir": str(tmp_path / "out"), "do_train": True, **keys})
+    )
     result = run_cli("train", str(config), "--dry-run", profile="h100-sxm")
     assert result.returncode == 25, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
@@ -54,7 +57,7 @@ def test_an_option_this_image_lacks_is_one_line_and_exit_25(tmp_path, case):
 def test_what_the_models_own_config_says_counts_too(tmp_path, extra, asked):
     config = tmp_path / "train.yaml"
     model = model_like(tmp_path, **extra)
-    config.write_text(json.dumps({"model_name_or_path": model, "output_dir": str(tmp_path / "out")}))
+    config.write_text(json.dumps({"model_name_or_path": model, "output_dir": str(tmp_path / "out"), "do_train": True}))
     result = run_cli("train", str(config), "--dry-run", profile="h100-sxm")
     assert result.returncode == 25 and asked in result.stderr, result.stderr
 
@@ -69,5 +72,6 @@ def test_a_v1_config_is_named_as_such(tmp_path):
 def test_what_it_can_run_passes(tmp_path):
     config = tmp_path / "train.yaml"
     keys = {"model_name_or_path": TEXT_MODEL, "output_dir": str(tmp_path / "out"), "report_to": "none", "stage": "dpo"}
+    keys["do_train"] = True
     config.write_text(json.dumps(keys))
     assert run_cli("train", str(config), "--dry-run", profile="h100-sxm").returncode == 0

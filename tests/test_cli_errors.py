@@ -50,7 +50,9 @@ def _model_folder_without_config(tmp_path):
 
 
 MINE = "dataset=mine"
-USERS = _write("users.yaml", "model_name_or_path: nobody/set-below\ndataset: alpaca_en_demo\noutput_dir: out\n")
+USERS = _write(
+    "users.yaml", "model_name_or_path: nobody/set-below\ndo_train: true\ndataset: alpaca_en_demo\noutput_dir: out\n"
+)
 # name: (arguments, each a string or a builder of tmp_path; NVML profile; exit code; words in the one line[; env])
 BAD_INPUTS = {
     "missing config": (["train", _missing], "h100-sxm", 10, "not found"),
@@ -62,8 +64,19 @@ BAD_INPUTS = {
     "fp8 forced without a GPU": (["train", DEMO, "--fp8"], "no-gpu", 2, "FP8 refused: it needs a GPU"),
     "output dir not writable": (["train", DEMO, "--allow-cpu", _not_writable_output], "no-gpu", 14, "not writable"),
     "no model": (["train", _write("nomodel.yaml", "output_dir: out\n")], "h100-sxm", 13, "model_name_or_path"),
+    "a config that does nothing": (
+        ["train", _write("nothing.yaml", "model_name_or_path: m\noutput_dir: out\n")],
+        "h100-sxm",
+        13,
+        "set do_train: true",
+    ),
     "malformed override": (["train", DEMO, "novalue"], "h100-sxm", 13, "key=value"),
-    "NUL in a path": (["train", _write("nul.yaml", 'model_name_or_path: m\noutput_dir: "\\0"\n')], "a100", 13, "NUL"),
+    "NUL in a path": (
+        ["train", _write("nul.yaml", 'model_name_or_path: m\ndo_train: true\noutput_dir: "\\0"\n')],
+        "a100",
+        13,
+        "NUL",
+    ),
     "FP8 recipe on a BF16 run": (
         ["train", DEMO, "--bf16", "--fp8-recipe", "rowwise"],
         "h100-sxm",
@@ -75,7 +88,7 @@ BAD_INPUTS = {
     "bf16 forced on T4": (["train", DEMO, "--bf16"], "t4", 4, "BF16 refused"),
     "NNODES without MASTER_ADDR": (["train", DEMO, "--dry-run"], "h100-sxm", 16, "MASTER_ADDR"),
     "no such model folder": (
-        ["train", _write("folder.yaml", "model_name_or_path: /no/such/model\noutput_dir: out\n")],
+        ["train", _write("folder.yaml", "model_name_or_path: /no/such/model\ndo_train: true\noutput_dir: out\n")],
         "h100-sxm",
         18,
         "is not a folder",
@@ -110,7 +123,9 @@ BAD_INPUTS = {
         [
             "train",
             _write(
-                "big.yaml", f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: out\n"
+                "big.yaml",
+                f"model_name_or_path: {model_dir('qwen2.5-7b')}\ndo_train: true\n"
+                "finetuning_type: full\noutput_dir: out\n",
             ),
         ],
         "h100-mig-1g10gb",

@@ -17,6 +17,9 @@ from .conftest import PROFILES, model_dir
 KEYS = (
     "model_name_or_path",
     "output_dir",
+    "do_train",
+    "do_eval",
+    "do_predict",
     "stage",
     "finetuning_type",
     "quantization_bit",
@@ -115,6 +118,9 @@ PLAUSIBLE.update(
             "fp8",
             "fp16",
             "bf16",
+            "do_train",
+            "do_eval",
+            "do_predict",
         )
     }
 )
@@ -128,10 +134,16 @@ def mostly(plausible, other=values):
 
 entries = st.sampled_from(KEYS).flatmap(lambda key: st.tuples(st.just(key), mostly(PLAUSIBLE.get(key, values))))
 mappings = st.builds(
-    lambda entries, model, output: {**dict(entries), "model_name_or_path": model, "output_dir": output},
+    lambda entries, model, output, trains: {
+        "do_train": trains,
+        **dict(entries),
+        "model_name_or_path": model,
+        "output_dir": output,
+    },
     st.lists(entries | st.tuples(names, values), max_size=8),
     mostly(PLAUSIBLE["model_name_or_path"]),
     mostly(PLAUSIBLE["output_dir"]),
+    mostly(st.just(True), PLAUSIBLE["do_train"]),
 )
 documents = mostly(mappings.map(lambda mapping: yaml.safe_dump(mapping, allow_unicode=True)), st.text(max_size=40))
 overrides = st.lists(

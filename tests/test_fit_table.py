@@ -116,7 +116,8 @@ def test_the_plan_a_user_would_expect(planner, profile, model, tuning, expected)
 def test_the_refusal_is_one_line_and_exit_20_before_anything_launches(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
-        f"model_name_or_path: {model_dir('qwen2.5-7b')}\nfinetuning_type: full\noutput_dir: {tmp_path / 'out'}\n"
+        f"model_name_or_path: {model_dir('qwen2.5-7b')}\ndo_train: true\nfinetuning_type: full\n"
+        f"output_dir: {tmp_path / 'out'}\n"
     )
     small_node = {"LLAMAFACTORY_FP8_HOST_MEMORY_GIB": "64"}  # too little to offload the state to
     result = run_cli("train", str(config), profile="h100-mig-1g10gb", **small_node)
@@ -134,7 +135,7 @@ def test_the_refusal_is_one_line_and_exit_20_before_anything_launches(tmp_path):
 def test_inspect_prints_the_estimate_per_strategy(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(
-        f"model_name_or_path: {model_dir('llama-3.1-8b')}\nfinetuning_type: full\n"
+        f"model_name_or_path: {model_dir('llama-3.1-8b')}\ndo_train: true\nfinetuning_type: full\n"
         f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 2\n"
     )
     text = run_cli("inspect", str(config), "--fp8", profile="h100-sxm-x8").stdout

@@ -20,7 +20,7 @@ from .conftest import BENCH_MODELS, model_dir
 from .loopback_hub import LoopbackHub, serving
 
 EXAMPLES = lf_examples_dir()
-GROUPS = ("train_full", "train_lora", "train_qlora", "extras", "v1")
+GROUPS = ("train_full", "train_lora", "train_qlora", "extras", "v1", "merge_lora", "inference")
 CORPUS = sorted(
     p.relative_to(EXAMPLES) for p in EXAMPLES.glob("*/**/*.yaml") if p.relative_to(EXAMPLES).parts[0] in GROUPS
 )
@@ -61,6 +61,7 @@ REFUSED = {
     "extras/fp8/llama3_fp8_deepspeed_sft.yaml": (25, "report_to: wandb"),
     "extras/fp8/llama3_fp8_fsdp_sft.yaml": (25, "report_to: wandb"),
     "extras/fsdp_qlora/llama3_lora_sft.yaml": (25, "bitsandbytes"),
+    "extras/nlg_eval/llama3_lora_predict.yaml": (25, "predict_with_generate"),
     "extras/multi_tokens/tokens_cfg.yaml": (13, "no model_name_or_path"),  # a token list, not a training config
     "extras/oft/qwen2_5vl_oft_sft.yaml": (25, "torchvision"),
     "extras/qoft/llama3_oft_sft_awq.yaml": (25, "AWQ-quantized model"),
@@ -76,6 +77,9 @@ REFUSED = {
     "train_qlora/qwen3_lora_sft_bnb_npu.yaml": (25, "bitsandbytes"),
     "train_qlora/qwen3_lora_sft_otfq.yaml": (25, "bitsandbytes"),
     **{str(path): (25, "v1 trainer schema") for path in CORPUS if path.parts[0] == "v1"},
+    # the configs of LLaMA-Factory's other commands, which its README runs beside its training examples
+    **{str(path): (13, "`llamafactory-cli export` runs") for path in CORPUS if path.parts[0] == "merge_lora"},
+    **{str(path): (13, "`llamafactory-cli chat` runs") for path in CORPUS if path.parts[0] == "inference"},
 }
 
 

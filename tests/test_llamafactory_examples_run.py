@@ -100,3 +100,38 @@ def test_an_example_trains_the_steps_its_epochs_over_max_samples_bound(tiny_mode
     length = load_training_config(example, keys).run_length(world=1)
     # 6 examples in micro-batches of 2: 3 a epoch, 2 optimizer steps (the second accumulates one), 4 in all
     assert trained == 4 and length.micro_batches == trained * 2
+
+
+@pytest.mark.slow
+def test_the_evaluation_example_evaluates_the_trained_adapter_and_again_on_a_rerun(tiny_model, tmp_path):
+    """LLaMA-Factory's nlg_eval example after its LoRA example, as its README chains them, evaluating the loss
+    (generating needs the scorers this image leaves out): BF16, a rerun evaluates again rather than resuming."""
+    adapter = tmp_path / "saves" / "sft"
+    trained = run_cli(
+        "train",
+        str(EXAMPLES / "train_lora/qwen3_lora_sft.yaml"),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        f"output_dir={adapter}",
+        *SHRUNK,
+        cwd=EXAMPLES.parent,
+    )
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    evaluation = tmp_path / "saves" / "eval"
+    keys = ("do_predict=false", "do_eval=true", "predict_with_generate=false", "cutoff_len=64", "max_samples=2")
+    for _ in range(2):
+        result = run_cli(
+            "train",
+            str(EXAMPLES / "extras/nlg_eval/llama3_lora_predict.yaml"),
+            "--allow-cpu",
+            f"model_name_or_path={tiny_model}",
+            f"adapter_name_or_path={adapter}",
+            f"output_dir={evaluation}",
+            *keys,
+            "preprocessing_num_workers=1",
+            "dataloader_num_workers=0",
+            cwd=EXAMPLES.parent,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        assert "eval_loss" in json.loads((evaluation / "eval_results.json").read_text())
+        assert result.stdout.strip().endswith(f"llamafactory-fp8: finished: results in {evaluation}")

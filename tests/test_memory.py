@@ -188,7 +188,11 @@ def estimate(tmp_path):
 
     def made(keys, strategy="ddp", world=1, model="llama-3.1-8b"):
         path = tmp_path / "train.yaml"
-        path.write_text(json.dumps({"model_name_or_path": "m", "output_dir": "o", "finetuning_type": "full", **keys}))
+        path.write_text(
+            json.dumps(
+                {"model_name_or_path": "m", "output_dir": "o", "do_train": True, "finetuning_type": "full", **keys}
+            )
+        )
         training = load_training_config(path, [])
         facts = read_model_facts(str(model_dir(model)))
         return memory.estimate(facts, training, None, STRATEGIES[strategy], world, min(world, 8))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
-from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu
+from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu, RunFinished
 from llamafactory_fp8.precedence import precedence
 from llamafactory_fp8.report import render_block
 
@@ -172,6 +172,14 @@ REFUSALS = [
     ("a100", {**FULL, "fp8": True}, {}, ALL_FP8_BACKENDS, FP8Unavailable, "8.9"),
     ("h100-sxm", {"stage": "kto"}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "not kto"),
     ("h100-sxm", {"quantization_bit": 4}, {"precision": "fp8"}, ALL_FP8_BACKENDS, FP8Unavailable, "quantized"),
+    (
+        "h100-sxm",
+        {"do_train": False, "do_eval": True},
+        {"precision": "fp8"},
+        ALL_FP8_BACKENDS,
+        FP8Unavailable,
+        "not train",
+    ),
     ("h100-sxm", FULL, {"precision": "fp8"}, frozenset(), FP8Unavailable, "no FP8 backend"),
     (
         "h100-sxm",
@@ -207,6 +215,19 @@ def test_cpu_training_needs_allow_cpu_and_says_so(planner):
     assert (plan.decision.device, plan.decision.precision, passed["use_cpu"]) == ("cpu", "bf16", True)
     auto = planner("no-gpu", {**model("llama-3.2-1b"), **FULL}, allow_cpu=True).decision
     assert auto.precision == "fp32" and "CPU" in auto.reasons[0]
+
+
+def test_a_run_that_only_evaluates_is_bf16_unestimated_and_may_run_again(planner, tmp_path):
+    """LLaMA-Factory's evaluation configs (do_eval or do_predict, no do_train) run through `train` too: FP8 and the
+    memory model are for training, and a finished evaluation in output_dir is no run to resume."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "trainer_state.json").write_text(json.dumps({"global_step": 10, "max_steps": 10}))
+    keys = {**model("llama-3.1-8b"), **LORA, "do_train": False, "do_eval": True}
+    decision = planner("h100-sxm", keys).decision
+    assert (decision.precision, decision.memory) == ("bf16", None)
+    assert decision.reasons[0].startswith("BF16 because this run does not train")
+    with pytest.raises(RunFinished):  # the same folder, training: a finished run is not trained past its end
+        planner("h100-sxm", {**keys, "do_train": True})
 
 
 def test_small_model_stays_bf16_and_says_why(planner):

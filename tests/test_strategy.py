@@ -11,6 +11,7 @@ from .conftest import ALL_STRATEGIES, model_dir, run_cli
 
 EIGHT_B_FULL = {
     "model_name_or_path": str(model_dir("llama-3.1-8b")),
+    "do_train": True,
     "finetuning_type": "full",
     "per_device_train_batch_size": 2,
 }

@@ -114,6 +114,12 @@ LIMITS = (
         why="a REMOTE: dataset_dir is read through Ray, which is not in this image: use a local folder",
     ),
     Limit(
+        asks=_key("predict_with_generate"),
+        lacks=_modules("jieba", "nltk", "rouge_chinese"),
+        why="LLaMA-Factory scores generated text (BLEU, ROUGE) with these, which this image leaves out: evaluate "
+        "the loss here (do_eval: true, predict_with_generate: false, no do_predict), and generate elsewhere",
+    ),
+    Limit(
         asks=_multimodal,
         lacks=_modules("torchvision"),
         why="multimodal training needs torchvision (and av for video), which this image leaves out: their wheels pin "

@@ -138,15 +138,15 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     run_record = record_path(output_dir, topology)
     record = read_record(RunRecord, run_record)
     set_aside = _set_aside(output_dir, request.restart)
-    finished = None if request.rehearsal else finished_run(output_dir, record)
+    # a run that only evaluates or predicts neither continues one nor is continued: it may run again as it is
+    continues = training.trains and not request.rehearsal
+    finished = finished_run(output_dir, record) if continues else None
     if finished and set_aside is None and not training.resume_from_checkpoint:
         raise RunFinished(
             f"{output_dir} holds a run that {finished}; running again would resume it past its end: "
             "choose a new output_dir, or pass --restart to move it aside and start over"
         )
-    resume = (
-        None if set_aside or request.rehearsal else plan_resume(output_dir, record, training.resume_from_checkpoint)
-    )
+    resume = plan_resume(output_dir, record, training.resume_from_checkpoint) if continues and not set_aside else None
     gpus = read_gpus(environ)
     if uses_demo and not (workdir / training.model / "config.json").is_file():
         model = ModelLookup(training.model, None, "the demo's tiny model, built offline before training")
@@ -158,7 +158,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
     dataset_info = _dataset_info(training, workdir, environ)
     if dataset_info is not None:
         check_datasets(training.values, dataset_info, environ)
-    if set_aside is None:
+    if training.trains and set_aside is None:
         _check_checkpoint(training, workdir, output_dir, resume, model)
     deepspeed_file, from_release = _deepspeed_file(training.deepspeed, workdir, environ)
     return Inspection(

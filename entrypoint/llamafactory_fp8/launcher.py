@@ -163,7 +163,8 @@ def describe_finish(ranks: list[RankProgress], plan: LaunchPlan) -> str:
             parts.append(f"peak GPU memory {first.peak_memory_gib:.1f} GiB")
         if first.fp8_layers:
             parts.append(f"{first.fp8_layers} FP8 layers")
-    where = f"model and checkpoints in {plan.output_dir}"
+    made = "model and checkpoints" if plan.training.trains else "results"  # an evaluation writes its metrics
+    where = f"{made} in {plan.output_dir}"
     if plan.outputs_stay_in_container:
         where += " inside this container: they go with it (mount a volume there to keep them)"
     return "finished: " + ", ".join([*parts, where])

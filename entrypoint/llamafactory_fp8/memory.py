@@ -76,6 +76,8 @@ UNMODELED_OPTIMIZERS = {"use_galore": "GaLore", "use_apollo": "APOLLO", "use_bad
 
 def unmodeled(training: TrainingConfig) -> str | None:
     """Why this run's memory is not estimated, or None."""
+    if not training.trains:
+        return "a run that only evaluates or predicts is not in the memory model (it models training)"
     names = [name for key, name in UNMODELED_OPTIMIZERS.items() if training.values.get(key) is True]
     return f"{names[0]}'s optimizer is not in the memory model" if names else None
 

@@ -310,6 +310,8 @@ def _backend(inspection: Inspection, forced: bool, reasons: list[str]) -> tuple[
     if training.stage not in FP8_CAPABLE_STAGES:
         stages = "/".join(FP8_CAPABLE_STAGES)
         return None, f"LLaMA-Factory configures FP8 only for stages {stages}, not {training.stage}"
+    if not training.trains:
+        return None, "this run does not train (do_train is not true; it evaluates or predicts), and FP8 is for training"
     if training.quantization_bit is not None:
         return None, "the model is quantized (quantization_bit), which LLaMA-Factory does not combine with FP8"
     installed = [backend for backend in FP8_BACKENDS if backend.name in inspection.installed_backends]

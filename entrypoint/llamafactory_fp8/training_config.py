@@ -51,6 +51,8 @@ class TrainingConfig:
     """The user's key=value, as typed (passed on unchanged)."""
     model: str
     """model_name_or_path."""
+    trains: bool
+    """do_train; false (Transformers' default): the run only evaluates or predicts (do_eval, do_predict)."""
     model_revision: str
     hf_hub_token: str | None
     cache_dir: str | None
@@ -144,6 +146,10 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
             "is for `USE_V1=1 llamafactory-cli train`; write it for the v0 trainer (model_name_or_path:, dataset:)"
         )
     read = _Reader(values, path)
+    model = read.text("model_name_or_path", required=True)
+    trains = read.flag("do_train", False)
+    if not (trains or read.flag("do_eval", False) or read.flag("do_predict", False)):
+        raise ConfigInvalid(_nothing_to_run(values, path))
     deepspeed = values.get("deepspeed")
     if deepspeed is not None and not isinstance(deepspeed, (str, dict)):
         raise ConfigInvalid(
@@ -154,7 +160,8 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         values=MappingProxyType(values),
         written=MappingProxyType(written),
         overrides=MappingProxyType(parsed),
-        model=read.text("model_name_or_path", required=True),
+        model=model,
+        trains=trains,
         model_revision=read.text("model_revision", "main"),
         hf_hub_token=read.text("hf_hub_token", None),
         cache_dir=read.text("cache_dir", None),
@@ -186,6 +193,19 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         max_samples=read.integer("max_samples", None, minimum=1),
         datasets=read.names("dataset", ""),
     )
+
+
+def _nothing_to_run(values: Mapping[str, Any], path: Path) -> str:
+    """A YAML with none of do_train, do_eval, do_predict: LLaMA-Factory would load the model and stop. Often one of
+    its other commands' configs, copied from its examples."""
+    if "export_dir" in values:
+        return f"{path} is an export config (export_dir), which `llamafactory-cli export` runs; llamafactory-fp8 trains"
+    if "infer_backend" in values:
+        return (
+            f"{path} is an inference config (infer_backend), which `llamafactory-cli chat` runs; "
+            "llamafactory-fp8 trains"
+        )
+    return f"training config does nothing: set do_train: true (or do_eval, do_predict): {path}"
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
