@@ -135,3 +135,23 @@ def test_the_evaluation_example_evaluates_the_trained_adapter_and_again_on_a_rer
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         assert "eval_loss" in json.loads((evaluation / "eval_results.json").read_text())
         assert result.stdout.strip().endswith(f"llamafactory-fp8: finished: results in {evaluation}")
+
+
+@pytest.mark.slow
+def test_what_llamafactorys_own_argument_checks_refuse_is_one_line_and_exit_13(tiny_model, tmp_path):
+    """The nlg_eval example predicting without generating: a rule across keys that no key's schema holds, which
+    LLaMA-Factory's parser raises in each rank before the model loads."""
+    result = run_cli(
+        "train",
+        str(EXAMPLES / "extras/nlg_eval/llama3_lora_predict.yaml"),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        "adapter_name_or_path=null",
+        f"output_dir={tmp_path / 'predict'}",
+        "predict_with_generate=false",
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 13, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("llamafactory-fp8: error: LLaMA-Factory refused the training config: Please enable")

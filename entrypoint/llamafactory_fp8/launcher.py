@@ -19,10 +19,16 @@ from pathlib import Path
 
 from .accelerate_config import write_accelerate_config
 from .demo import build_demo_model
-from .errors import DISK_FULL_EXIT_CODE, NODE_LOST_EXIT_CODE, STOPPED_EXIT_CODE, TRAINING_FAILED_EXIT_CODE
+from .errors import (
+    DISK_FULL_EXIT_CODE,
+    NODE_LOST_EXIT_CODE,
+    STOPPED_EXIT_CODE,
+    TRAINING_FAILED_EXIT_CODE,
+    ConfigInvalid,
+)
 from .lf_data import write_dataset_info
 from .plan import LaunchPlan
-from .progress import DISK_FULL, KILLED_BY, LOST_PEER, RankProgress, read_all
+from .progress import CONFIG_REFUSED, DISK_FULL, KILLED_BY, LOST_PEER, RankProgress, read_all
 from .records import write_record
 from .resume import RunRecord, outcome
 from .run_info import RunState, write_state
@@ -134,6 +140,11 @@ def explain_failure(ranks: list[RankProgress], output_dir: Path, topology: Topol
         return NODE_LOST_EXIT_CODE, (
             f"training failed at step {lost[0].step}: {lost_node(topology, message)} was lost ({message[:200]}); "
             "run every node's command again to resume"
+        )
+    refused = [record for record in ended.values() if record.ended.startswith(CONFIG_REFUSED)]
+    if refused:
+        return ConfigInvalid.exit_code, (
+            f"error: LLaMA-Factory refused the training config: {refused[0].ended.removeprefix(CONFIG_REFUSED)}"
         )
     return TRAINING_FAILED_EXIT_CODE, "training failed; the trainer's own error is above"
 

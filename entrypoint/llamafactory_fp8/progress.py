@@ -18,6 +18,7 @@ from .records import read_record, write_record
 # healthcheck. The first two are the whole text; the others begin it, followed by the detail.
 FINISHED, STOPPED = "finished", "stopped"
 KILLED_BY, DISK_FULL, LOST_PEER, FAILED = "killed by ", "disk full: ", "lost peer: ", "failed: "
+CONFIG_REFUSED = "config refused: "  # LLaMA-Factory's own argument checks, before anything loads
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import errno
 import faulthandler
 
 from . import contract, watcher
-from .progress import DISK_FULL, FAILED, FINISHED, LOST_PEER, STOPPED, reporter_from_environment
+from .progress import CONFIG_REFUSED, DISK_FULL, FAILED, FINISHED, LOST_PEER, STOPPED, reporter_from_environment
 
 # How gloo and NCCL word a peer that died (its connection drops) or froze (the collective times out)
 LOST_PEER_SIGNS = (
@@ -65,6 +65,7 @@ def run_worker() -> None:
         runtime_patches.report_llamafactory_phases(reporter)
     from llamafactory.train.tuner import run_exp
 
+    check_arguments(reporter)
     files = StopFiles.from_environment()
     stop = CheckpointAndStopOnRequest(files) if files else None
     # the adapter's config is written beside a sharded checkpoint before the stop's on_save can end the process
@@ -87,6 +88,21 @@ def run_worker() -> None:
         raise
     if reporter is not None:
         reporter.end(FINISHED)
+
+
+def check_arguments(reporter) -> None:
+    """LLaMA-Factory's own argument checks (`get_train_args`, which run_exp repeats), run first: what they refuse
+    across keys (do_predict without predict_with_generate, neat_packing outside sft) ends this process with one line
+    for the launcher instead of a traceback, before the model loads."""
+    from llamafactory.hparams import get_train_args, read_args
+
+    try:
+        get_train_args(read_args())
+    except ValueError as refusal:
+        if reporter is None:
+            raise
+        reporter.end(CONFIG_REFUSED + (str(refusal).strip().splitlines() or [""])[0][:300])
+        raise SystemExit(1) from None
 
 
 def users_callbacks() -> list:
