@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from llamafactory_fp8.errors import STOPPED_EXIT_CODE
+from llamafactory_fp8.lf_files import lf_examples_dir
 
 from .conftest import ROOT, SUMMARY, load_install
 
@@ -178,6 +179,17 @@ def test_the_fp8_guides_example_trains_on_llamafactorys_demo_data_into_saves_on_
     assert (saved / "model.safetensors").is_file()
     assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == 2
     assert owners(saved) == {(int(CALLER), int(CALLER))}
+
+
+def test_llamafactorys_full_example_copied_into_configs_finds_its_deepspeed_file_in_the_image(image, project):
+    """Its `deepspeed: examples/deepspeed/ds_z3_config.json` is relative to LLaMA-Factory's source root, which the
+    user's folder is not: the plan passes the image's copy of the release's file."""
+    shutil.copy(lf_examples_dir() / "train_full" / "qwen3_full_sft.yaml", project / "configs")
+    planned = ("configs/qwen3_full_sft.yaml", "model_name_or_path=demo/tiny-llama", "--processes", "2")
+    code, output = finish(compose(project, "run", "--rm", "-T", "train", *planned, "--dry-run"))
+    assert code == 0, output[-3000:]
+    assert "DeepSpeed ZeRO-3 over 2 (the YAML's)" in output
+    assert " deepspeed=/opt/llamafactory-fp8/llamafactory/examples/deepspeed/ds_z3_config.json " in output
 
 
 def test_docker_stop_saves_a_checkpoint_exits_75_and_the_same_command_resumes(image, project):
