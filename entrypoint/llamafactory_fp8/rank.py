@@ -65,7 +65,7 @@ def run_worker() -> None:
         runtime_patches.report_llamafactory_phases(reporter)
     from llamafactory.train.tuner import run_exp
 
-    check_arguments(reporter)
+    refuse_arguments_in_one_line()
     files = StopFiles.from_environment()
     stop = CheckpointAndStopOnRequest(files) if files else None
     # the adapter's config is written beside a sharded checkpoint before the stop's on_save can end the process
@@ -78,6 +78,11 @@ def run_worker() -> None:
     callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop), rehearsal) if callback]
     try:
         run_exp(callbacks=callbacks + users_callbacks() + profiler_from_environment())
+    except ArgumentsRefused as refusal:
+        if reporter is None:
+            raise
+        reporter.end(CONFIG_REFUSED + str(refusal))
+        raise SystemExit(1) from None
     except SystemExit as leaving:
         if reporter is not None:
             reporter.end(STOPPED if leaving.code in (0, None) else f"{FAILED}exit {leaving.code}")
@@ -90,19 +95,26 @@ def run_worker() -> None:
         reporter.end(FINISHED)
 
 
-def check_arguments(reporter) -> None:
-    """LLaMA-Factory's own argument checks (`get_train_args`, which run_exp repeats), run first: what they refuse
-    across keys (do_predict without predict_with_generate, neat_packing outside sft) ends this process with one line
-    for the launcher instead of a traceback, before the model loads."""
-    from llamafactory.hparams import get_train_args, read_args
+class ArgumentsRefused(Exception):
+    """What LLaMA-Factory's argument checks refused, in their first line."""
 
-    try:
-        get_train_args(read_args())
-    except ValueError as refusal:
-        if reporter is None:
-            raise
-        reporter.end(CONFIG_REFUSED + (str(refusal).strip().splitlines() or [""])[0][:300])
-        raise SystemExit(1) from None
+
+def refuse_arguments_in_one_line() -> None:
+    """LLaMA-Factory's own argument checks (`get_train_args`, the first thing run_exp does) raise ValueError for
+    rules across keys that no key's schema holds (do_predict without predict_with_generate, neat_packing outside
+    sft): named as such, they end this process with one line for the launcher instead of a traceback, before the
+    model loads."""
+    from llamafactory.train import tuner
+
+    parse = tuner.get_train_args
+
+    def checked(args):
+        try:
+            return parse(args)
+        except ValueError as refusal:
+            raise ArgumentsRefused((str(refusal).strip().splitlines() or [""])[0][:300]) from None
+
+    tuner.get_train_args = checked
 
 
 def users_callbacks() -> list:
