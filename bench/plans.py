@@ -301,6 +301,11 @@ PLANS = {
         *micro_batch_sweep_8b(batches=(2,), shape="qwen2.5-3b"),
         *micro_batch_sweep_lora_8b(batches=(4,)),
     ],
+    # what torch.compile's cache kept on a volume saves a rerun, at the least device time: the 1B's full FP8, cold
+    # and again with the cache its first run filled
+    "cache-rerun-1b": rerun_with_cache_kept(
+        [Case("llama-3.2-1b", None, "full", "fp8", True, 20, batch=4, warmup_steps=8, expected_s=120)]
+    ),
     # issue 20, the day a machine with two GPUs is lent: a call each
     "gpus-2-ddp": several_gpus("ddp"),
     "gpus-2-fsdp2": several_gpus("fsdp2"),
