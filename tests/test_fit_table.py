@@ -139,6 +139,11 @@ def test_inspect_prints_the_estimate_per_strategy(tmp_path):
         f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 2\n"
     )
     text = run_cli("inspect", str(config), "--fp8", profile="h100-sxm-x8").stdout
+    # the same key=value as `train` takes: four sequences a step need more memory than two
+    overridden = run_cli("inspect", str(config), "per_device_train_batch_size=4", "--fp8", profile="h100-sxm-x8")
+    assert overridden.returncode == 0, overridden.stderr
+    chosen = re.compile(r"^\s+DeepSpeed ZeRO-2\s+~\s+([\d.]+)", re.M)
+    assert float(chosen.search(overridden.stdout)[1]) > float(chosen.search(text)[1])
     table = text[text.index("memory per GPU by strategy") :].splitlines()
     assert [line.split("~")[0].strip() for line in table[1:]] == [s.label for s in STRATEGIES]
     (ddp,) = [line for line in table if line.strip().startswith("data parallel")]

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="show the GPUs, what `train` would choose and why, and the memory per strategy"
     )
     inspect.add_argument("config", nargs="?", type=Path, help="training YAML to decide for (default: the demo)")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value", help="LLaMA-Factory keys that override the YAML")
     _add_decision_arguments(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(handler=inspect_command)
