@@ -34,6 +34,7 @@ def weigh_run_length(
     run = f"this run trains at most {length.micro_batches:,} micro-batches per GPU ({length.why})"
     kind = "lora" if training.finetuning_type in ("lora", "oft") else "full"
     setting = (kind, training.gradient_checkpointing, training.torch_compile)
+    bf16 = "compiled" if training.torch_compile else "eager"  # the points compared below share the setting
     same = [
         point
         for point in points
@@ -42,7 +43,6 @@ def weigh_run_length(
     ]
     if not same:
         checkpointing = "on" if training.gradient_checkpointing else "off"
-        bf16 = "compiled" if training.torch_compile else "eager"
         return RunLengthVerdict(
             too_short=False,
             why=f"{run}; FP8's longer start is not weighed against it: not measured for {kind} with checkpointing "
@@ -53,7 +53,6 @@ def weigh_run_length(
     level = max(below) if below else min(point.tokens for point in same)
     point = min((p for p in same if p.tokens == level), key=lambda p: p.micro_batches)
     too_short = length.micro_batches < point.micro_batches
-    bf16 = "compiled" if point.bf16_compiled else "eager"
     return RunLengthVerdict(
         too_short=too_short,
         why=f"{run}, and FP8's longer start was measured to pay back {'only ' if too_short else ''}after "
