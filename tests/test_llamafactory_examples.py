@@ -100,7 +100,7 @@ def test_each_example_is_a_plan_or_its_documented_refusal(
     example, profile, where, hub, nvml_profile, monkeypatch, tmp_path
 ):
     """From LLaMA-Factory's root, as its README runs them, and copied into a user's folder of their own, as the
-    container runs them (`compose run train configs/x.yaml` in /work): the relative files they name
+    container runs them (`compose run train configs/x.yaml` in /workspace): the relative files they name
     (examples/deepspeed/...) are then LLaMA-Factory's release copies."""
     config = EXAMPLES / example
     if where == "lf-root":
