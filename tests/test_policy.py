@@ -8,7 +8,7 @@ import pytest
 import yaml
 from llamafactory_fp8 import fp8_recipe
 from llamafactory_fp8.backends import BY_NAME, FP8_BACKENDS
-from llamafactory_fp8.errors import BF16Unavailable, FP8Unavailable, NoGpu, RunFinished
+from llamafactory_fp8.errors import BF16Unavailable, ConfigInvalid, FP8Unavailable, NoGpu, RunFinished
 from llamafactory_fp8.precedence import precedence
 from llamafactory_fp8.report import render_block
 
@@ -200,6 +200,16 @@ REFUSALS = [
     ("t4", FULL, {"precision": "bf16"}, ALL_FP8_BACKENDS, BF16Unavailable, "no BF16"),
     ("no-gpu", FULL, {}, ALL_FP8_BACKENDS, NoGpu, "--gpus all"),
     ("no-gpu", FULL, {"precision": "fp8", "allow_cpu": True}, ALL_FP8_BACKENDS, FP8Unavailable, "needs a GPU"),
+    # LLaMA-Factory turns fp8 on for this key, so it asks for FP8 as fp8: true does
+    ("a100", {**FULL, "fp8_enable_fsdp_float8_all_gather": True}, {}, ALL_FP8_BACKENDS, FP8Unavailable, "8.9"),
+    (
+        "h100-sxm",
+        {**FULL, "fp8": False, "fp8_enable_fsdp_float8_all_gather": True},
+        {},
+        ALL_FP8_BACKENDS,
+        ConfigInvalid,
+        "contradict each other",
+    ),
 ]
 
 
@@ -296,6 +306,49 @@ def test_the_trainer_gets_the_fp8_recipe_the_plan_names_and_the_block_says_so(pl
     plan = planner("h200", {**model("llama-3.1-8b"), "finetuning_type": finetuning}, precision="fp8", **flags)
     assert plan.environment.get(fp8_recipe.RECIPE_ENV) == recipe
     assert any(f"FP8 recipe {recipe}" in reason for reason in plan.decision.reasons) == (recipe is not None)
+
+
+ALL_GATHER = {"fp8_enable_fsdp_float8_all_gather": True}
+FSDP = {"fsdp": "full_shard auto_wrap"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "flags", "recipe"),
+    [
+        ({**ALL_GATHER, **FSDP}, {}, "fsdp-float8-all-gather"),  # the key alone asks for FP8, as in LLaMA-Factory
+        ({**ALL_GATHER, **FSDP, "fp8": True}, {}, "fsdp-float8-all-gather"),
+        ({**ALL_GATHER, **FSDP}, {"fp8_recipe": "default"}, None),  # the flag wins over the key
+    ],
+)
+def test_llamafactorys_float8_all_gather_key_reaches_the_trainer_as_its_recipe(planner, keys, flags, recipe):
+    """LLaMA-Factory builds the recipe for fp8_enable_fsdp_float8_all_gather and never hands it to Accelerate; the
+    launcher names it for the trainer, which does."""
+    plan = planner("h100-sxm-x8", {**model("llama-3.1-8b"), **FULL, **keys}, **flags)
+    assert (plan.decision.precision, plan.decision.precision_source) == ("fp8", "yaml")
+    assert plan.environment.get(fp8_recipe.RECIPE_ENV) == recipe
+    said = "fp8: true" if "fp8" in keys else "fp8_enable_fsdp_float8_all_gather: true"
+    assert f"the training YAML sets {said}" in plan.decision.reasons
+
+
+def test_bf16_turns_llamafactorys_float8_all_gather_off_with_fp8(planner):
+    """LLaMA-Factory's parser turns fp8 on for fp8_enable_fsdp_float8_all_gather: a BF16 run passes both off."""
+    plan = planner("h100-sxm-x8", {**model("llama-3.1-8b"), **FULL, **ALL_GATHER, **FSDP}, precision="bf16")
+    passed = {key.name: key for key in plan.training_keys}
+    assert plan.decision.precision == "bf16"
+    assert (passed["fp8"].argument, passed["fp8_enable_fsdp_float8_all_gather"].argument) == ("false", "false")
+    assert passed["fp8_enable_fsdp_float8_all_gather"] in plan.replaced
+    assert fp8_recipe.RECIPE_ENV not in plan.environment
+
+
+def test_float8_all_gather_where_it_cannot_act_is_warned(planner):
+    """Without FSDP2 the recipe has no all-gather to act on; Transformer Engine has no such recipe."""
+    keys = {**model("llama-3.1-8b"), **LORA, **ALL_GATHER}
+    alone = planner("h200", keys)
+    assert alone.decision.strategy.strategy.name == "ddp"
+    assert any("acts on FSDP2's all-gathers, and this run has none" in warning for warning in alone.decision.warnings)
+    te = planner("h200", {**keys, "fp8_backend": "te"})
+    assert te.decision.warnings == ("fp8_enable_fsdp_float8_all_gather: true is torchao's; FP8 through te ignores it",)
+    assert fp8_recipe.RECIPE_ENV not in te.environment
 
 
 def test_no_recipe_reaches_a_bf16_or_transformer_engine_run(planner):

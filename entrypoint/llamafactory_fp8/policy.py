@@ -19,6 +19,7 @@ from .cpu_processes import check_cpu_strategy
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
 from .fp8_payback import weigh_run_length
+from .fp8_recipe import FSDP_FLOAT8_ALL_GATHER as ALL_GATHER_RECIPE
 from .fp8_recipe import RECIPES
 from .gpus import GpuInventory
 from .inspection import Inspection
@@ -27,7 +28,7 @@ from .precedence import Source, precedence
 from .request import Request
 from .strategies import BY_NAME as STRATEGIES_BY_NAME
 from .strategies import DDP, STRATEGIES
-from .training_config import FP8_CAPABLE_STAGES, TrainingConfig
+from .training_config import FP8_CAPABLE_STAGES, FSDP_FLOAT8_ALL_GATHER, TrainingConfig
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
@@ -85,7 +86,13 @@ class Decision:
         """The LLaMA-Factory keys that carry the precision."""
         if self.backend is not None:
             return dict(self.backend.training_keys)
-        keys: dict[str, object] = {"fp8": False, "bf16": self.precision == "bf16", "fp16": self.precision == "fp16"}
+        # LLaMA-Factory turns fp8 on for fp8_enable_fsdp_float8_all_gather, so it goes off with fp8
+        keys: dict[str, object] = {
+            "fp8": False,
+            FSDP_FLOAT8_ALL_GATHER: False,
+            "bf16": self.precision == "bf16",
+            "fp16": self.precision == "fp16",
+        }
         if self.device == "cpu":
             # Transformers refuses bf16 off-GPU without it; Accelerate turns DeepSpeed off under it (FP32 only)
             keys["use_cpu"] = not self.strategy.strategy.uses_deepspeed
@@ -105,7 +112,7 @@ def decide(inspection: Inspection) -> Decision:
     world = processes * inspection.topology.num_machines
     warnings: list[str] = []
     precision, source, backend = _precision(inspection, given, reasons)
-    recipe = _fp8_recipe(inspection, backend, reasons)
+    recipe = _fp8_recipe(inspection, backend, reasons, warnings)
     if backend is not None and given is not None and not given.strategy.carries_fp8:
         warnings.append(
             f"FP8 never ran under {given.strategy.label}; "
@@ -178,6 +185,11 @@ def decide(inspection: Inspection) -> Decision:
             f"FP8 under {strategy.label}: measured faster than BF16 from {strategy.fp8_pays_from_tokens} tokens per "
             f"micro-batch, and this run's is up to {training.micro_batch_size} x {training.cutoff_len}"
         )
+    if recipe == ALL_GATHER_RECIPE and fitted.choice.strategy.buffers != "fsdp":
+        warnings.append(
+            f"FP8 recipe {recipe} acts on FSDP2's all-gathers, and this run has none ({fitted.layout}); "
+            "it was never run without FSDP2"
+        )
     return _decision(
         precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
     )
@@ -231,19 +243,28 @@ def _decision(
     )
 
 
-def _fp8_recipe(inspection: Inspection, backend: FP8Backend | None, reasons: list[str]) -> str | None:
-    """`--fp8-recipe` > the backend record's recipe for the fine-tuning type. Recipes are torchao's."""
-    asked = inspection.request.fp8_recipe
+def _fp8_recipe(
+    inspection: Inspection, backend: FP8Backend | None, reasons: list[str], warnings: list[str]
+) -> str | None:
+    """`--fp8-recipe` > the YAML's fp8_enable_fsdp_float8_all_gather > the backend record's recipe for the
+    fine-tuning type. Recipes are torchao's."""
+    asked, training = inspection.request.fp8_recipe, inspection.training
     flag = None if asked == "auto" else asked
     if flag is not None and flag != "default" and (backend is None or not backend.takes_recipes):
         chosen = f"FP8 through {backend.name}" if backend else "no FP8"
         raise ConfigInvalid(f"--fp8-recipe {flag} is a torchao recipe, and this run has {chosen}")
     if backend is None:
         return None
-    kind = inspection.training.finetuning_type
-    name, source = precedence(flag, None, lambda: backend.recipes.get(kind, "default"))
+    all_gather = training.fsdp_float8_all_gather
+    if all_gather and not backend.takes_recipes:
+        warnings.append(f"{FSDP_FLOAT8_ALL_GATHER}: true is torchao's; FP8 through {backend.name} ignores it")
+    in_yaml = ALL_GATHER_RECIPE if all_gather and backend.takes_recipes else None
+    kind = training.finetuning_type
+    name, source = precedence(
+        flag, in_yaml, lambda: backend.recipes.get(kind, "default"), training.source_of(FSDP_FLOAT8_ALL_GATHER)
+    )
     if name != "default":
-        by = "--fp8-recipe" if source == "flag" else f"auto for {kind}"
+        by = {"flag": "--fp8-recipe", "auto": f"auto for {kind}"}.get(source, f"{FSDP_FLOAT8_ALL_GATHER}: true")
         reasons.append(f"FP8 recipe {name} ({by}): {RECIPES[name].description}")
     return None if name == "default" else name
 
@@ -266,14 +287,16 @@ def _precision(
     else:
         explicit = "no-fp8" if training.fp8 is False else None
     flag = None if request.precision == "auto" else request.precision
-    key = "fp16" if explicit == "fp16" else "fp8"
+    # LLaMA-Factory turns fp8 on for fp8_enable_fsdp_float8_all_gather: true; the block names the key that asked
+    fp8_key = "fp8" if training.sets("fp8") or not training.fsdp_float8_all_gather else FSDP_FLOAT8_ALL_GATHER
+    key = "fp16" if explicit == "fp16" else fp8_key
     asked, source = precedence(flag, explicit, lambda: "auto", training.source_of(key))
     said = "the training YAML sets" if source == "yaml" else "the command line's key=value sets"
     if source == "flag":
-        over = " (over the YAML's fp8: true)" if asked == "bf16" and training.fp8 else ""
+        over = f" (over the YAML's {fp8_key}: true)" if asked == "bf16" and training.fp8 else ""
         reasons.append(f"--{asked} asked for {asked.upper()}{over}")
     elif asked == "fp8":
-        reasons.append(f"{said} fp8: true")
+        reasons.append(f"{said} {fp8_key}: true")
     elif asked == "fp16":
         reasons.append(f"{said} fp16: true")
         return "fp16", source, None
@@ -377,7 +400,7 @@ def _cpu_decision(inspection: Inspection, reasons: list[str]) -> Decision:
         raise NoGpu(
             f"no GPU visible: {why}; start the container with --gpus all (or pass --allow-cpu to train on the CPU)"
         )
-    _fp8_recipe(inspection, None, reasons)  # refuses a recipe asked for: the CPU never runs FP8
+    _fp8_recipe(inspection, None, reasons, [])  # refuses a recipe asked for: the CPU never runs FP8
     precision = "bf16" if request.precision == "bf16" else "fp32"
     reasons.append(f"CPU training in {precision.upper()} (--allow-cpu; {why})")
     source: Source = "flag" if request.precision == "bf16" else "auto"

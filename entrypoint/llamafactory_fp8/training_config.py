@@ -26,6 +26,7 @@ FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
 # LLaMA-Factory's Fp8Arguments.fp8_backend: auto, the backends this launcher runs, and MS-AMP, which it does not
 LLAMAFACTORY_FP8_BACKENDS = ("auto", *(backend.name for backend in FP8_BACKENDS), "msamp")
+FSDP_FLOAT8_ALL_GATHER = "fp8_enable_fsdp_float8_all_gather"
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,12 @@ class TrainingConfig:
     pure_bf16: bool
     enable_liger_kernel: bool
     fp8: bool | None
-    """None: the YAML does not say."""
+    """None: the YAML does not say. True where only fp8_enable_fsdp_float8_all_gather is, as LLaMA-Factory's parser
+    turns fp8 on for it."""
     fp8_backend: str | None
     """None or "auto": the YAML leaves it to the launcher."""
+    fsdp_float8_all_gather: bool
+    """fp8_enable_fsdp_float8_all_gather: torchao's float8 all-gather under FSDP2."""
     fp16: bool
     deepspeed: str | Mapping | None
     """A DeepSpeed JSON's path, or the config as a mapping."""
@@ -181,8 +185,9 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         optim=read.text("optim", "adamw_torch_fused"),  # Transformers' default with torch >= 2.8
         pure_bf16=read.flag("pure_bf16", False),
         enable_liger_kernel=read.flag("enable_liger_kernel", False),
-        fp8=read.flag("fp8", None),
+        fp8=_fp8(read, path),
         fp8_backend=read.choice("fp8_backend", LLAMAFACTORY_FP8_BACKENDS, None),
+        fsdp_float8_all_gather=read.flag(FSDP_FLOAT8_ALL_GATHER, False),
         fp16=read.flag("fp16", False),
         deepspeed=deepspeed,
         fsdp=_fsdp_options(values.get("fsdp"), path),
@@ -193,6 +198,18 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         max_samples=read.integer("max_samples", None, minimum=1),
         datasets=read.names("dataset", ""),
     )
+
+
+def _fp8(read: _Reader, path: Path) -> bool | None:
+    """The YAML's fp8, where fp8_enable_fsdp_float8_all_gather: true asks for it too: LLaMA-Factory's parser turns
+    fp8 on for that key, over an fp8: false, which is refused here as the contradiction it is."""
+    fp8, all_gather = read.flag("fp8", None), read.flag(FSDP_FLOAT8_ALL_GATHER, False)
+    if fp8 is False and all_gather:
+        raise ConfigInvalid(
+            f"training config: fp8: false and {FSDP_FLOAT8_ALL_GATHER}: true contradict each other "
+            f"(LLaMA-Factory turns FP8 on for the second): {path}"
+        )
+    return True if all_gather else fp8
 
 
 def _nothing_to_run(values: Mapping[str, Any], path: Path) -> str:
