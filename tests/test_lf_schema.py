@@ -29,7 +29,9 @@ NOT_TRAINING_CONFIGS = {
 EXPECTED = {
     "extras/fp8/llama3_fp8_fsdp_sft.yaml": [
         # a TrainingArguments field of Transformers 4, gone in 5 (LLaMA-Factory 0.9.5 allows both)
-        "fsdp_transformer_layer_cls_to_wrap: not a LLaMA-Factory key",
+        "fsdp_transformer_layer_cls_to_wrap: not a LLaMA-Factory key (Transformers 5 reads it in fsdp_config as "
+        "transformer_layer_cls_to_wrap; without either, FSDP wraps the model's own decoder layers, its "
+        "_no_split_modules)",
     ],
 }
 GUIDE_EXAMPLE = (ROOT / "configs" / "examples" / "fp8-guide-qwen2.5-7b.yaml").read_text()
@@ -97,6 +99,11 @@ def test_a_missing_schema_is_refused_in_one_line(tmp_path):
         ({"learnig_rate": 1e-5}, "learnig_rate: not a LLaMA-Factory key (did you mean learning_rate?) [error]"),
         ({"fp8_bakend": "te"}, "fp8_bakend: not a LLaMA-Factory key (did you mean fp8_backend?) [error]"),
         ({"my_own_key": 1}, "my_own_key: not a LLaMA-Factory key [error]"),
+        (
+            {"fsdp_min_num_params": 1000},  # fuzzy matching alone guessed ddp_find_unused_parameters
+            "fsdp_min_num_params: not a LLaMA-Factory key (Transformers 5 reads it in fsdp_config as min_num_params) "
+            "[error]",
+        ),
         (
             {"max_steps": -5},
             "max_steps: -5 sets no step limit: Transformers trains num_train_epochs (3.0) instead [warning]",

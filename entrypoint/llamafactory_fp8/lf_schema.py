@@ -125,8 +125,20 @@ def check_keys(values: Mapping[str, Any], schema: Schema) -> tuple[Problem, ...]
     return tuple(problems)
 
 
+# Transformers 4's TrainingArguments fields that 5 dropped and LLaMA-Factory's own FP8 FSDP example still writes,
+# with what says the same now (Transformers' TrainingArguments reads both from fsdp_config)
+RETIRED_KEYS = {
+    "fsdp_transformer_layer_cls_to_wrap": (
+        "Transformers 5 reads it in fsdp_config as transformer_layer_cls_to_wrap; without either, FSDP wraps the "
+        "model's own decoder layers, its _no_split_modules"
+    ),
+    "fsdp_min_num_params": "Transformers 5 reads it in fsdp_config as min_num_params",
+}
+
+
 def _unknown(key: str, schema: Schema) -> Problem:
-    return Problem(key=key, what=f"not a LLaMA-Factory key{_did_you_mean(key, schema.keys)}", severity="error")
+    hint = f" ({RETIRED_KEYS[key]})" if key in RETIRED_KEYS else _did_you_mean(key, schema.keys)
+    return Problem(key=key, what=f"not a LLaMA-Factory key{hint}", severity="error")
 
 
 def _wrong_type_or_choice(key: str, value: Any, spec: KeySpec) -> Problem | None:
