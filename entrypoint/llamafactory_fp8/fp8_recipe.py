@@ -23,7 +23,7 @@ MIN_FP8_DIM = 1024
 # The vocabulary projection stays in BF16, as Accelerate's default filter keeps it (the last linear layer).
 KEPT_IN_BF16 = ("lm_head",)
 # The recipe LLaMA-Factory's fp8_enable_fsdp_float8_all_gather asks for (policy.py)
-FSDP_FLOAT8_ALL_GATHER = "fsdp-float8-all-gather"
+ALL_GATHER_RECIPE = "fsdp-float8-all-gather"
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ RECIPES = {
             activation_factor=1.0,
         ),
         Fp8Recipe(
-            FSDP_FLOAT8_ALL_GATHER,
+            ALL_GATHER_RECIPE,
             "tensorwise scaling; under FSDP2 each weight shard is cast to FP8 before the all-gather",
             fsdp_float8_all_gather=True,
         ),

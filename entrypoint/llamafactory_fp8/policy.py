@@ -19,8 +19,7 @@ from .cpu_processes import check_cpu_strategy
 from .errors import BF16Unavailable, ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
 from .fp8_payback import weigh_run_length
-from .fp8_recipe import FSDP_FLOAT8_ALL_GATHER as ALL_GATHER_RECIPE
-from .fp8_recipe import RECIPES
+from .fp8_recipe import ALL_GATHER_RECIPE, RECIPES
 from .gpus import GpuInventory
 from .inspection import Inspection
 from .memory import MemoryEstimate
@@ -28,7 +27,7 @@ from .precedence import Source, precedence
 from .request import Request
 from .strategies import BY_NAME as STRATEGIES_BY_NAME
 from .strategies import DDP, STRATEGIES
-from .training_config import FP8_CAPABLE_STAGES, FSDP_FLOAT8_ALL_GATHER, TrainingConfig
+from .training_config import ALL_GATHER_KEY, FP8_CAPABLE_STAGES, TrainingConfig
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 tensor cores
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere and newer
@@ -89,7 +88,7 @@ class Decision:
         # LLaMA-Factory turns fp8 on for fp8_enable_fsdp_float8_all_gather, so it goes off with fp8
         keys: dict[str, object] = {
             "fp8": False,
-            FSDP_FLOAT8_ALL_GATHER: False,
+            ALL_GATHER_KEY: False,
             "bf16": self.precision == "bf16",
             "fp16": self.precision == "fp16",
         }
@@ -257,14 +256,14 @@ def _fp8_recipe(
         return None
     all_gather = training.fsdp_float8_all_gather
     if all_gather and not backend.takes_recipes:
-        warnings.append(f"{FSDP_FLOAT8_ALL_GATHER}: true is torchao's; FP8 through {backend.name} ignores it")
+        warnings.append(f"{ALL_GATHER_KEY}: true is torchao's; FP8 through {backend.name} ignores it")
     in_yaml = ALL_GATHER_RECIPE if all_gather and backend.takes_recipes else None
     kind = training.finetuning_type
     name, source = precedence(
-        flag, in_yaml, lambda: backend.recipes.get(kind, "default"), training.source_of(FSDP_FLOAT8_ALL_GATHER)
+        flag, in_yaml, lambda: backend.recipes.get(kind, "default"), training.source_of(ALL_GATHER_KEY)
     )
     if name != "default":
-        by = {"flag": "--fp8-recipe", "auto": f"auto for {kind}"}.get(source, f"{FSDP_FLOAT8_ALL_GATHER}: true")
+        by = {"flag": "--fp8-recipe", "auto": f"auto for {kind}"}.get(source, f"{ALL_GATHER_KEY}: true")
         reasons.append(f"FP8 recipe {name} ({by}): {RECIPES[name].description}")
     return None if name == "default" else name
 
@@ -288,7 +287,7 @@ def _precision(
         explicit = "no-fp8" if training.fp8 is False else None
     flag = None if request.precision == "auto" else request.precision
     # LLaMA-Factory turns fp8 on for fp8_enable_fsdp_float8_all_gather: true; the block names the key that asked
-    fp8_key = "fp8" if training.sets("fp8") or not training.fsdp_float8_all_gather else FSDP_FLOAT8_ALL_GATHER
+    fp8_key = "fp8" if training.sets("fp8") or not training.fsdp_float8_all_gather else ALL_GATHER_KEY
     key = "fp16" if explicit == "fp16" else fp8_key
     asked, source = precedence(flag, explicit, lambda: "auto", training.source_of(key))
     said = "the training YAML sets" if source == "yaml" else "the command line's key=value sets"

@@ -26,7 +26,7 @@ FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
 # LLaMA-Factory's Fp8Arguments.fp8_backend: auto, the backends this launcher runs, and MS-AMP, which it does not
 LLAMAFACTORY_FP8_BACKENDS = ("auto", *(backend.name for backend in FP8_BACKENDS), "msamp")
-FSDP_FLOAT8_ALL_GATHER = "fp8_enable_fsdp_float8_all_gather"
+ALL_GATHER_KEY = "fp8_enable_fsdp_float8_all_gather"
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         enable_liger_kernel=read.flag("enable_liger_kernel", False),
         fp8=_fp8(read, path),
         fp8_backend=read.choice("fp8_backend", LLAMAFACTORY_FP8_BACKENDS, None),
-        fsdp_float8_all_gather=read.flag(FSDP_FLOAT8_ALL_GATHER, False),
+        fsdp_float8_all_gather=read.flag(ALL_GATHER_KEY, False),
         fp16=read.flag("fp16", False),
         deepspeed=deepspeed,
         fsdp=_fsdp_options(values.get("fsdp"), path),
@@ -203,10 +203,10 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
 def _fp8(read: _Reader, path: Path) -> bool | None:
     """The YAML's fp8, where fp8_enable_fsdp_float8_all_gather: true asks for it too: LLaMA-Factory's parser turns
     fp8 on for that key, over an fp8: false, which is refused here as the contradiction it is."""
-    fp8, all_gather = read.flag("fp8", None), read.flag(FSDP_FLOAT8_ALL_GATHER, False)
+    fp8, all_gather = read.flag("fp8", None), read.flag(ALL_GATHER_KEY, False)
     if fp8 is False and all_gather:
         raise ConfigInvalid(
-            f"training config: fp8: false and {FSDP_FLOAT8_ALL_GATHER}: true contradict each other "
+            f"training config: fp8: false and {ALL_GATHER_KEY}: true contradict each other "
             f"(LLaMA-Factory turns FP8 on for the second): {path}"
         )
     return True if all_gather else fp8
