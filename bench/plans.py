@@ -134,6 +134,18 @@ def lora_8b_batch8():
     ]
 
 
+def lora_fp8_weights_8b(batch: int, grad_ckpt: bool):
+    """The 8B's LoRA, BF16 compiled against FP8 on the frozen base layers cast every step (lora-base) and cast once,
+    held in FP8 (lora-base-fp8-weights): the same numbers, so what the per-step weight casts cost, and the base's
+    memory (peak allocated). One call: 4 x 2048 with checkpointing fits an H100, 8 x 2048 without an H200."""
+    options = dict(LORA_8B, batch=batch, grad_ckpt=grad_ckpt, steps=24, warmup_steps=8, profile_steps=1)
+    return [
+        Case(**options, precision="bf16", compile=True, expected_s=150),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base", expected_s=200),
+        Case(**options, precision="fp8", compile=True, recipe="lora-base-fp8-weights", expected_s=200),
+    ]
+
+
 def memory_points():
     """Peak memory for issue 11's memory model: LoRA at three ranks, freeze, QLoRA, gradient checkpointing on and
     off, batch 1, 2 and 4. BF16 eager (what the product runs when it keeps BF16); several at a time."""
@@ -306,6 +318,9 @@ PLANS = {
     "cache-rerun-1b": rerun_with_cache_kept(
         [Case("llama-3.2-1b", None, "full", "fp8", True, 20, batch=4, warmup_steps=8, expected_s=120)]
     ),
+    # the frozen base held in FP8, cast once, against cast every step (issue 21's LoRA lever)
+    "lora-fp8-weights-h100": lora_fp8_weights_8b(batch=4, grad_ckpt=True),
+    "lora-fp8-weights-8b": lora_fp8_weights_8b(batch=8, grad_ckpt=False),
     # issue 20, the day a machine with two GPUs is lent: a call each
     "gpus-2-ddp": several_gpus("ddp"),
     "gpus-2-fsdp2": several_gpus("fsdp2"),

@@ -308,6 +308,20 @@ def test_the_trainer_gets_the_fp8_recipe_the_plan_names_and_the_block_says_so(pl
     assert any(f"FP8 recipe {recipe}" in reason for reason in plan.decision.reasons) == (recipe is not None)
 
 
+RECIPES_COMPARED = ("lora-base", "lora-base-fp8-weights")
+
+
+def test_frozen_weights_held_in_fp8_lower_the_estimate_by_what_they_no_longer_hold(planner):
+    """lora-base-fp8-weights holds the 8B's converted base layers at 1 byte a weight: the plan's weights term falls
+    by their count in bytes (6.5 GiB; tests/test_frozen_fp8_weights.py holds the numbers equal to lora-base's)."""
+    keys = {**model("llama-3.1-8b"), **LORA, "lora_rank": 16, "per_device_train_batch_size": 4}
+    plans = {recipe: planner("h100-sxm", keys, precision="fp8", fp8_recipe=recipe) for recipe in RECIPES_COMPARED}
+    weights = {recipe: dict(plan.decision.memory.terms)["weights"] for recipe, plan in plans.items()}
+    held_in_fp8 = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 4096 * 14336 * 3) / 2**30  # q o, k v, gate up down
+    assert weights["lora-base"] - weights["lora-base-fp8-weights"] == pytest.approx(held_in_fp8)
+    assert plans["lora-base-fp8-weights"].environment[fp8_recipe.RECIPE_ENV] == "lora-base-fp8-weights"
+
+
 ALL_GATHER = {"fp8_enable_fsdp_float8_all_gather": True}
 FSDP = {"fsdp": "full_shard auto_wrap"}
 

@@ -38,6 +38,9 @@ class Fp8Recipe:
     fsdp_float8_all_gather: bool = False
     # memory: activations held for backward as a fraction of BF16's; None keeps the backend's (memory.py)
     activation_factor: float | None = None
+    # cast each converted layer's frozen weight to FP8 once, before the first step, and hold only that
+    # (frozen_fp8_weights.py): the per-step cast of an unchanging weight is gone, and so is its BF16 copy
+    frozen_weights_in_fp8: bool = False
 
     def float8_config(self):
         """torchao's Float8LinearConfig for this recipe: always one, since under FSDP2 Accelerate 1.11 reads the
@@ -54,14 +57,16 @@ class Fp8Recipe:
         )
 
 
+def large_enough(in_features: int, out_features: int) -> bool:
+    """Whether a linear layer of this shape gains from FP8 (and fits its GEMMs' multiples of 16)."""
+    return min(in_features, out_features) >= MIN_FP8_DIM and in_features % 16 == 0 and out_features % 16 == 0
+
+
 def frozen_large_linear(module, fqn: str) -> bool:
     """Convert a linear layer only when its weight is frozen (LoRA's base layers) and both sides are large."""
-    smaller = min(module.in_features, module.out_features)
     return (
         not module.weight.requires_grad
-        and smaller >= MIN_FP8_DIM
-        and module.in_features % 16 == 0
-        and module.out_features % 16 == 0
+        and large_enough(module.in_features, module.out_features)
         and fqn.rsplit(".", 1)[-1] not in KEPT_IN_BF16
     )
 
@@ -76,6 +81,15 @@ RECIPES = {
             layer_filter=frozen_large_linear,
             # frozen layers keep no FP8 input for a weight gradient: the peak equals BF16's (results/lora-batch8/)
             activation_factor=1.0,
+        ),
+        Fp8Recipe(
+            "lora-base-fp8-weights",
+            f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}), each weight cast to FP8 once "
+            "and held only in FP8 (half its memory, no cast per step; the same numbers as lora-base); LoRA adapters "
+            "and lm_head in BF16",
+            layer_filter=frozen_large_linear,
+            activation_factor=1.0,
+            frozen_weights_in_fp8=True,
         ),
         Fp8Recipe(
             ALL_GATHER_RECIPE,

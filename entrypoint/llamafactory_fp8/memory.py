@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .backends import FP8Backend
-from .fp8_recipe import Fp8Recipe
+from .fp8_recipe import Fp8Recipe, large_enough
 from .model_facts import ModelFacts
 from .strategies import Strategy
 from .training_config import TrainingConfig
@@ -135,7 +135,7 @@ def estimate(
     processes_per_node: int = 1,
     recipe: Fp8Recipe | None = None,
 ) -> MemoryEstimate:
-    params = _parameters(model, training)
+    params = _parameters(model, training, recipe)
     shard = {"replicated": 1.0, "sharded": 1.0 / world_size, "offloaded": 0.0}
     deepspeed = strategy.uses_deepspeed
     # DeepSpeed casts the module to bf16 and keeps the fp32 master copy with the optimizer states.
@@ -192,7 +192,7 @@ def optimizer_state_bytes(optim: str) -> int:
     return next((size for part, size in OPTIMIZER_STATE_BYTES if part in name), UNKNOWN_OPTIMIZER_BYTES)
 
 
-def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
+def _parameters(model: ModelFacts, training: TrainingConfig, recipe: Fp8Recipe | None = None) -> _Parameters:
     embedding = model.vocab_size * model.hidden_size
     output_layer = 0 if model.tie_word_embeddings else embedding
     per_layer = (model.num_parameters - embedding - output_layer - model.hidden_size) / model.num_layers
@@ -216,6 +216,8 @@ def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
         * sum(i + o for name, i, o in model.linear_shapes_per_layer if name in named)
     )
     frozen = model.num_parameters * 2
+    if recipe is not None and recipe.frozen_weights_in_fp8:  # the converted base layers hold 1 byte a weight
+        frozen -= model.num_layers * sum(i * o for _, i, o in model.linear_shapes_per_layer if large_enough(i, o))
     if training.quantization_bit:  # QLoRA: bitsandbytes packs the linear layers, with ~3% for its scales
         linear = model.num_layers * linear_per_layer
         frozen = (model.num_parameters - linear) * 2 + linear * training.quantization_bit / 8 * 1.03

@@ -44,6 +44,7 @@ def run_worker() -> None:
     runtime_patches.quiet_known_noise()  # before the imports below load torch, torchao and Transformers
     from . import causal_attention, fp8_recipe
     from .callbacks import CheckpointAndStopOnRequest, ReportProgress
+    from .frozen_fp8_weights import CastFrozenWeightsOnce
     from .fsdp_checkpoints import NameTheAdapter, SaveTheFinalModelWhole, let_fsdp2_resume_its_sharded_optimizer
     from .fsdp_compile import CompileShardedLayers
     from .fsdp_on_cpu import let_fsdp_run_on_cpu_processes
@@ -55,7 +56,7 @@ def run_worker() -> None:
     runtime_patches.let_accelerate_find_te_fp8()
     let_fsdp_run_on_cpu_processes()
     let_fsdp2_resume_its_sharded_optimizer()
-    fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
+    recipe = fp8_recipe.install_from_environment()  # LLAMAFACTORY_FP8_RECIPE, set by the launcher
     causal_attention.install()
     runtime_patches.let_torch_load_cpu_rank_tensors()
     runtime_patches.give_collectives_their_timeout()
@@ -74,6 +75,7 @@ def run_worker() -> None:
         NameTheAdapter(),
         SaveTheFinalModelWhole(),
         CompileShardedLayers(),
+        *([CastFrozenWeightsOnce()] if recipe.frozen_weights_in_fp8 else []),
     ]
     callbacks += [callback for callback in (stop, reporter and ReportProgress(reporter, stop), rehearsal) if callback]
     try:
