@@ -15,7 +15,19 @@ PACKAGES = {
     "llamafactory_fp8_healthcheck": ROOT / "healthcheck" / "llamafactory_fp8_healthcheck",
 }
 MAX_MODULE_LINES = 400
-PLANNER = {"policy", "fit", "plan", "inspection", "launcher", "memory", "report", "cli", "model_facts", "request"}
+PLANNER = {
+    "policy",
+    "precision",
+    "fit",
+    "plan",
+    "inspection",
+    "launcher",
+    "memory",
+    "report",
+    "cli",
+    "model_facts",
+    "request",
+}
 
 
 def import_graph() -> dict[str, set[str]]:
