@@ -24,7 +24,7 @@ class Case:
     repeat: int = 0  # repeated runs of one case in one call are told apart by this
     grad_accum: int = 1
     grad_ckpt: bool = False
-    recipe: str | None = None  # LLAMAFACTORY_FP8_RECIPE for the trainer (fp8 only); None is the product's default
+    recipe: str | None = None  # the product's --fp8-recipe (fp8 only); None leaves it to the plan's auto
     profile_steps: int = 0  # steps profiled after the timed ones; the run ends after them, unsaved
     memory_only: bool = False  # run beside other memory-only cases: its peak memory counts, its speed does not
     loss_only: bool = False  # run beside other loss-only cases: its losses and peak memory count, its speed does not

@@ -327,6 +327,23 @@ def test_the_several_gpu_plans_launch_what_they_name_and_fit_two_h100s(plan, run
         assert decision["memory"]["total_gib"] + decision["memory"]["margin_gib"] <= 80, case.name
 
 
+def test_every_bench_case_trains_the_fp8_recipe_it_names(run_bench, tmp_path, nvml_profile):
+    """A recipe the bench names reaches the plan and so the trainer; it once lost, for LoRA, to the plan's auto
+    recipe, and results/lora-fp8-weights-smoke ran lora-base twice."""
+    model = tmp_path / "model"
+    model.mkdir()
+    nvml_profile("h200")
+    run_bench.runner.build_corpus(tmp_path, 0.01)
+    named = {(case.finetuning, case.recipe): case for cases in run_bench.PLANS.values() for case in cases if case.recipe}
+    assert ("lora", "lora-base-fp8-weights") in named
+    for case in named.values():
+        (model / "config.json").write_text(json.dumps(run_bench.runner.model_config(case.shape, case.layers)))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert main([*bench_arguments(run_bench, case, model, tmp_path), "--dry-run", "--json"]) == 0, case.name
+        assert json.loads(out.getvalue())["decision"]["fp8_recipe"] == case.recipe, case.name
+
+
 LOADING_PROBE = """
 import json, os, sys
 import torch
