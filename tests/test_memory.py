@@ -334,7 +334,9 @@ def test_every_bench_case_trains_the_fp8_recipe_it_names(run_bench, tmp_path, nv
     model.mkdir()
     nvml_profile("h200")
     run_bench.runner.build_corpus(tmp_path, 0.01)
-    named = {(case.finetuning, case.recipe): case for cases in run_bench.PLANS.values() for case in cases if case.recipe}
+    named = {
+        (case.finetuning, case.recipe): case for cases in run_bench.PLANS.values() for case in cases if case.recipe
+    }
     assert ("lora", "lora-base-fp8-weights") in named
     for case in named.values():
         (model / "config.json").write_text(json.dumps(run_bench.runner.model_config(case.shape, case.layers)))
