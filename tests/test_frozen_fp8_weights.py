@@ -1,13 +1,23 @@
 """The lora-base-fp8-weights recipe against lora-base: LoRA on a small Llama whose base layers torchao converts
-(both sides >= 1024), the same batch through each. Holding the frozen weights in FP8, cast once, must change no
-number a run produces, eager or compiled, and must halve what those weights hold."""
+(both sides >= 1024), the same batch through each, then a real run of each. Holding the frozen weights in FP8, cast
+once, must change no number a run produces, eager or compiled, and must halve what those weights hold."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
+from llamafactory_fp8.demo import build_demo_model
 from llamafactory_fp8.fp8_recipe import RECIPES
 from llamafactory_fp8.frozen_fp8_weights import cast_frozen_weights_once
+from llamafactory_fp8.lf_files import lf_data_dir, lf_examples_dir
+
+from .conftest import ROOT
+
+EXAMPLES = lf_examples_dir()
 
 CACHED = RECIPES["lora-base-fp8-weights"]
 
@@ -77,3 +87,60 @@ def test_the_frozen_base_layers_hold_half_their_bytes_and_are_cast_once(lora_bas
     )
     assert before - frozen_bytes(cached) == layer_weights  # 2 bytes a weight became 1
     assert cast_frozen_weights_once(cached) == 0  # a second call finds nothing left to cast
+
+
+@pytest.fixture(scope="module")
+def wide_demo_model(tmp_path_factory):
+    """The demo's tokenizer on a one-layer Llama 1024 wide, so the recipe's filter converts its base layers."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    demo = build_demo_model(tmp_path_factory.mktemp("demo") / "tiny-llama", ROOT / "data")
+    config = AutoConfig.from_pretrained(demo)
+    config.update(
+        dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=8, head_dim=128)
+    )
+    config.num_key_value_heads = 8
+    wide = tmp_path_factory.mktemp("wide") / "wide-llama"
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(wide)
+    AutoTokenizer.from_pretrained(demo).save_pretrained(wide)
+    return wide
+
+
+@pytest.mark.slow
+def test_a_lora_run_with_its_base_held_in_fp8_saves_the_adapter_lora_base_saves(wide_demo_model, tmp_path):
+    """The trainer's real path, FP8 through torchao on the CPU (which Accelerate allows and the launcher never plans):
+    `accelerate launch` with the product's FP8 config, LLaMA-Factory's LoRA on its identity dataset, a checkpoint
+    saved midway. Three steps with each recipe give the same adapter, byte for byte."""
+    accelerate = tmp_path / "accelerate.yaml"
+    config = yaml.safe_load((ROOT / "configs" / "accelerate" / "fp8-torchao.yaml").read_text())
+    accelerate.write_text(yaml.safe_dump({**config, "use_cpu": True}))
+    logs, adapters = {}, {}
+    for recipe in ("lora-base", "lora-base-fp8-weights"):
+        output_dir = tmp_path / recipe
+        result = subprocess.run(
+            [
+                sys.executable,
+                *("-m", "accelerate.commands.launch", "--quiet", "--config_file", str(accelerate)),
+                *("-m", "llamafactory_fp8.rank", str(EXAMPLES / "train_lora" / "qwen3_lora_sft.yaml")),
+                f"model_name_or_path={wide_demo_model}",
+                f"output_dir={output_dir}",
+                f"dataset_dir={lf_data_dir()}",
+                *("max_steps=3", "save_steps=2", "cutoff_len=64", "max_samples=16", "report_to=none"),
+                *("per_device_train_batch_size=2", "gradient_accumulation_steps=1", "preprocessing_num_workers=1"),
+                *("fp8=true", "fp8_backend=torchao", "bf16=true", "use_cpu=true", "plot_loss=false"),
+            ],
+            env={**os.environ, "LLAMAFACTORY_FP8_RECIPE": recipe, "PYTHONUNBUFFERED": "1"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        logs[recipe] = result.stdout + result.stderr
+        assert result.returncode == 0, logs[recipe][-4000:]
+        assert "FP8 active: 7 of 22 linear layers run in FP8" in logs[recipe]
+        adapters[recipe] = (output_dir / "adapter_model.safetensors").read_bytes()
+        assert (output_dir / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert "7 frozen layers' weights cast to FP8 once" in logs["lora-base-fp8-weights"]
+    assert "cast to FP8 once" not in logs["lora-base"]
+    assert adapters["lora-base-fp8-weights"] == adapters["lora-base"]
