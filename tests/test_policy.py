@@ -308,6 +308,14 @@ def test_the_trainer_gets_the_fp8_recipe_the_plan_names_and_the_block_says_so(pl
     assert any(f"FP8 recipe {recipe}" in reason for reason in plan.decision.reasons) == (recipe is not None)
 
 
+def test_frozen_weights_cast_whole_are_refused_where_the_weights_are_split(planner):
+    keys = {**model("llama-3.1-8b"), **LORA, **FSDP}
+    with pytest.raises(ConfigInvalid, match="splits the weights over the GPUs"):
+        planner("h100-sxm-x8", keys, precision="fp8", fp8_recipe="lora-base-fp8-weights")
+    kept = planner("h100-sxm-x8", keys, precision="fp8", fp8_recipe="lora-base-fp8-weights", strategy="ddp")
+    assert kept.decision.fp8_recipe == "lora-base-fp8-weights"
+
+
 RECIPES_COMPARED = ("lora-base", "lora-base-fp8-weights")
 
 

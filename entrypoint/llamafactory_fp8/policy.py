@@ -173,6 +173,11 @@ def decide(inspection: Inspection) -> Decision:
             f"FP8 under {strategy.label}: measured faster than BF16 from {strategy.fp8_pays_from_tokens} tokens per "
             f"micro-batch, and this run's is up to {training.micro_batch_size} x {training.cutoff_len}"
         )
+    if recipe is not None and RECIPES[recipe].frozen_weights_in_fp8 and fitted.choice.strategy.weights != "replicated":
+        raise ConfigInvalid(
+            f"--fp8-recipe {recipe} casts each frozen weight whole, once, and {fitted.choice.strategy.label} "
+            "splits the weights over the GPUs: use data parallel or DeepSpeed ZeRO-2 (--strategy)"
+        )
     if recipe == ALL_GATHER_RECIPE and fitted.choice.strategy.buffers != "fsdp":
         warnings.append(
             f"FP8 recipe {recipe} acts on FSDP2's all-gathers, and this run has none ({fitted.layout}); "
