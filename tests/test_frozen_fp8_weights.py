@@ -10,10 +10,12 @@ import sys
 import pytest
 import torch
 import yaml
+from llamafactory_fp8.backends import TORCHAO
 from llamafactory_fp8.demo import build_demo_model
 from llamafactory_fp8.fp8_recipe import RECIPES
 from llamafactory_fp8.frozen_fp8_weights import cast_frozen_weights_once
 from llamafactory_fp8.lf_files import lf_data_dir, lf_examples_dir
+from llamafactory_fp8.plan import format_value
 
 from .conftest import ROOT
 
@@ -110,8 +112,8 @@ def wide_demo_model(tmp_path_factory):
 @pytest.mark.slow
 def test_a_lora_run_with_its_base_held_in_fp8_saves_the_adapter_lora_base_saves(wide_demo_model, tmp_path):
     """The trainer's real path, FP8 through torchao on the CPU (which Accelerate allows and the launcher never plans):
-    `accelerate launch` with the product's FP8 config, LLaMA-Factory's LoRA on its identity dataset, a checkpoint
-    saved midway. Three steps with each recipe give the same adapter, byte for byte."""
+    `accelerate launch` with the product's FP8 config and keys (compiled), LLaMA-Factory's LoRA example (gradient
+    checkpointing on), a checkpoint saved midway. Three steps with each recipe give the same adapter, byte for byte."""
     accelerate = tmp_path / "accelerate.yaml"
     config = yaml.safe_load((ROOT / "configs" / "accelerate" / "fp8-torchao.yaml").read_text())
     accelerate.write_text(yaml.safe_dump({**config, "use_cpu": True}))
@@ -128,9 +130,15 @@ def test_a_lora_run_with_its_base_held_in_fp8_saves_the_adapter_lora_base_saves(
                 f"dataset_dir={lf_data_dir()}",
                 *("max_steps=3", "save_steps=2", "cutoff_len=64", "max_samples=16", "report_to=none"),
                 *("per_device_train_batch_size=2", "gradient_accumulation_steps=1", "preprocessing_num_workers=1"),
-                *("fp8=true", "fp8_backend=torchao", "bf16=true", "use_cpu=true", "plot_loss=false"),
+                *(f"{key}={format_value(value)}" for key, value in TORCHAO.training_keys.items()),  # compiled
+                *("use_cpu=true", "plot_loss=false"),
             ],
-            env={**os.environ, "LLAMAFACTORY_FP8_RECIPE": recipe, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "LLAMAFACTORY_FP8_RECIPE": recipe,
+                "PYTHONUNBUFFERED": "1",
+                "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor" / recipe),
+            },
             cwd=tmp_path,
             capture_output=True,
             text=True,
