@@ -1,7 +1,7 @@
 """Hold each frozen FP8 layer's weight in FP8, cast once.
 
-torchao's Float8Linear casts its weight to FP8 on every forward (and again for backward, and again when gradient
-checkpointing recomputes the forward), with a scale from the weight's largest magnitude. A frozen weight (LoRA's
+torchao's Float8Linear casts its weight to FP8 in every forward (gradient checkpointing's recompute included) and, as
+written, again for the input gradient, with a scale from the weight's largest magnitude. A frozen weight (LoRA's
 base layers) never changes, so each of those casts gives the same bytes and the same scale. Cast once, after
 Accelerate has converted the model and before the first step, the weight becomes a torchao Float8TrainingTensor,
 which Float8Linear takes as already cast: the GEMMs see exactly what they saw before, the casts are gone, and the
