@@ -3,9 +3,11 @@
 once, must change no number a run produces, eager or compiled, and must halve what those weights hold."""
 
 import copy
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -81,13 +83,18 @@ def test_frozen_weights_held_in_fp8_give_the_same_loss_and_gradients(lora_base_m
 def test_the_frozen_base_layers_hold_half_their_bytes_and_are_cast_once(lora_base_model):
     cached = copy.deepcopy(lora_base_model)
     before = frozen_bytes(cached)
+    bf16_weights = [
+        weakref.ref(module.weight) for module in cached.modules() if type(module).__name__ == "Float8Linear"
+    ]
     cast_frozen_weights_once(cached)
+    gc.collect()
     layer_weights = sum(
         module.in_features * module.out_features
         for module in lora_base_model.modules()
         if type(module).__name__ == "Float8Linear"
     )
     assert before - frozen_bytes(cached) == layer_weights  # 2 bytes a weight became 1
+    assert all(reference() is None for reference in bf16_weights), "a BF16 copy outlived its cast"
     assert cast_frozen_weights_once(cached) == 0  # a second call finds nothing left to cast
 
 

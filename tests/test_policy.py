@@ -327,6 +327,8 @@ def test_frozen_weights_held_in_fp8_lower_the_estimate_by_what_they_no_longer_ho
     weights = {recipe: dict(plan.decision.memory.terms)["weights"] for recipe, plan in plans.items()}
     held_in_fp8 = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 4096 * 14336 * 3) / 2**30  # q o, k v, gate up down
     assert weights["lora-base"] - weights["lora-base-fp8-weights"] == pytest.approx(held_in_fp8)
+    loading = {recipe: plan.decision.memory.load_gib for recipe, plan in plans.items()}
+    assert loading["lora-base"] == loading["lora-base-fp8-weights"] > 0, "the model loads in BF16 either way"
     assert plans["lora-base-fp8-weights"].environment[fp8_recipe.RECIPE_ENV] == "lora-base-fp8-weights"
 
 

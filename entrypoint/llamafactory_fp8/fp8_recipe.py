@@ -22,7 +22,7 @@ RECIPE_ENV = contract.FP8_RECIPE.name
 MIN_FP8_DIM = 1024
 # The vocabulary projection stays in BF16, as Accelerate's default filter keeps it (the last linear layer).
 KEPT_IN_BF16 = ("lm_head",)
-# The recipe LLaMA-Factory's fp8_enable_fsdp_float8_all_gather asks for (policy.py)
+# The recipe LLaMA-Factory's fp8_enable_fsdp_float8_all_gather asks for (precision.py)
 ALL_GATHER_RECIPE = "fsdp-float8-all-gather"
 
 

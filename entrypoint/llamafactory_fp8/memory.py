@@ -135,7 +135,7 @@ def estimate(
     processes_per_node: int = 1,
     recipe: Fp8Recipe | None = None,
 ) -> MemoryEstimate:
-    params = _parameters(model, training, recipe)
+    params = _parameters(model, training)
     shard = {"replicated": 1.0, "sharded": 1.0 / world_size, "offloaded": 0.0}
     deepspeed = strategy.uses_deepspeed
     # DeepSpeed casts the module to bf16 and keeps the fp32 master copy with the optimizer states.
@@ -143,7 +143,9 @@ def estimate(
     grad_bytes = 2 if training.pure_bf16 else 4
     optimizer_bytes = optimizer_state_bytes(training.optim) + (4 if deepspeed else 0)
 
-    weights = (params.trainable * weight_bytes + params.frozen_bytes) * shard[strategy.weights]
+    # loaded in BF16; from the first step on, a recipe that holds the frozen weights in FP8 keeps 1 byte of each
+    held_in_fp8 = _frozen_weights_held_in_fp8(model, training, recipe)
+    weights = (params.trainable * weight_bytes + params.frozen_bytes - held_in_fp8) * shard[strategy.weights]
     optimizer = params.trainable * optimizer_bytes * shard[strategy.optimizer]
     gradients = params.trainable * grad_bytes * shard[strategy.gradients]
     activations, logits = _activations(model, training, backend, recipe, params, strategy)
@@ -187,12 +189,19 @@ def estimate(
     return MemoryEstimate(strategy.name, world_size, tuple(gib), host, load, MARGIN * unmeasured)
 
 
+def _frozen_weights_held_in_fp8(model: ModelFacts, training: TrainingConfig, recipe: Fp8Recipe | None) -> float:
+    """The bytes a recipe that casts LoRA's frozen base layers to FP8 once frees: one for each converted weight."""
+    if recipe is None or not recipe.frozen_weights_in_fp8 or training.finetuning_type not in ("lora", "oft"):
+        return 0.0
+    return model.num_layers * sum(i * o for _, i, o in model.linear_shapes_per_layer if large_enough(i, o))
+
+
 def optimizer_state_bytes(optim: str) -> int:
     name = optim.lower()
     return next((size for part, size in OPTIMIZER_STATE_BYTES if part in name), UNKNOWN_OPTIMIZER_BYTES)
 
 
-def _parameters(model: ModelFacts, training: TrainingConfig, recipe: Fp8Recipe | None = None) -> _Parameters:
+def _parameters(model: ModelFacts, training: TrainingConfig) -> _Parameters:
     embedding = model.vocab_size * model.hidden_size
     output_layer = 0 if model.tie_word_embeddings else embedding
     per_layer = (model.num_parameters - embedding - output_layer - model.hidden_size) / model.num_layers
@@ -216,8 +225,6 @@ def _parameters(model: ModelFacts, training: TrainingConfig, recipe: Fp8Recipe |
         * sum(i + o for name, i, o in model.linear_shapes_per_layer if name in named)
     )
     frozen = model.num_parameters * 2
-    if recipe is not None and recipe.frozen_weights_in_fp8:  # the converted base layers hold 1 byte a weight
-        frozen -= model.num_layers * sum(i * o for _, i, o in model.linear_shapes_per_layer if large_enough(i, o))
     if training.quantization_bit:  # QLoRA: bitsandbytes packs the linear layers, with ~3% for its scales
         linear = model.num_layers * linear_per_layer
         frozen = (model.num_parameters - linear) * 2 + linear * training.quantization_bit / 8 * 1.03
