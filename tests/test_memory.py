@@ -83,6 +83,14 @@ def bench_arguments(run_bench, case, model: Path, work: Path) -> list[str]:
     return launcher_arguments(run_bench, lambda: run_bench.run_case(case, model, work / "data", work, work, None))
 
 
+def planned_decision(args: list[str], what: str = "") -> dict:
+    """`train ARGS --dry-run --json`, in this process and quiet: the plan's decision."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main([*args, "--dry-run", "--json"]) == 0, what
+    return json.loads(out.getvalue())["decision"]
+
+
 def profile_for(device: str, gpus: int = 1) -> str:
     """The recorded NVML profile with the fewest, and at least `gpus`, of the GPU the run measured on."""
     for path in sorted(PROFILES.glob("*.json"), key=lambda path: len(json.loads(path.read_text()).get("devices", []))):
@@ -142,10 +150,7 @@ def replay(
     nvml_profile(profile_for(payload["environment"]["device"], case.processes))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)  # as on the GPU machine
     monkeypatch.setattr(capabilities, "_installed", lambda module: True)  # bitsandbytes for QLoRA, there
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main([*args, "--dry-run", "--json"]) == 0
-    decision = json.loads(out.getvalue())["decision"]
+    decision = planned_decision(args)
     assert decision["precision"] == case.precision
     if case.precision == "fp8":
         assert decision["backend"]["name"] == case.backend
@@ -288,10 +293,7 @@ def test_the_estimate_is_within_15_percent_of_each_rehearsed_peak(path, tmp_path
     device = next(line for line in log.read_text().splitlines() if line.startswith("  GPUs ")).split("] ")[1]
     nvml_profile(profile_for(device.split(",")[0]))
     monkeypatch.setattr(inspection_module, "installed_fp8_backends", lambda: ALL_FP8_BACKENDS)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main([*args, "--dry-run", "--json"]) == 0
-    decision = json.loads(out.getvalue())["decision"]
+    decision = planned_decision(args)
     assert (decision["precision"], decision["strategy"]["strategy"]["name"]) == (
         report["precision"],
         report["strategy"],
@@ -314,11 +316,7 @@ def test_the_several_gpu_plans_launch_what_they_name_and_fit_two_h100s(plan, run
     for case in run_bench.PLANS[plan]:
         (model / "config.json").write_text(json.dumps(run_bench.runner.model_config(case.shape, case.layers)))
         args = [arg for arg in bench_arguments(run_bench, case, model, tmp_path) if arg != "--no-memory-check"]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            assert main([*args, "--dry-run", "--json"]) == 0, case.name
-        plan_json = json.loads(out.getvalue())
-        decision = plan_json["decision"]
+        decision = planned_decision(args, case.name)
         assert (decision["precision"], decision["strategy"]["strategy"]["name"], decision["world_size"]) == (
             case.precision,
             case.strategy,
@@ -340,10 +338,8 @@ def test_every_bench_case_trains_the_fp8_recipe_it_names(run_bench, tmp_path, nv
     assert ("lora", "lora-base-fp8-weights") in named
     for case in named.values():
         (model / "config.json").write_text(json.dumps(run_bench.runner.model_config(case.shape, case.layers)))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            assert main([*bench_arguments(run_bench, case, model, tmp_path), "--dry-run", "--json"]) == 0, case.name
-        assert json.loads(out.getvalue())["decision"]["fp8_recipe"] == case.recipe, case.name
+        decision = planned_decision(bench_arguments(run_bench, case, model, tmp_path), case.name)
+        assert decision["fp8_recipe"] == case.recipe, case.name
 
 
 LOADING_PROBE = """
