@@ -22,6 +22,10 @@ from llamafactory_fp8.plan import format_value
 from .conftest import ROOT
 
 EXAMPLES = lf_examples_dir()
+# One Llama decoder layer whose seven linear layers are all 1024 or wider, so the recipes convert every one
+CONVERTED_LAYER = dict(
+    hidden_size=1024, intermediate_size=2048, num_hidden_layers=1, num_attention_heads=8, num_key_value_heads=8
+)
 
 CACHED = RECIPES["lora-base-fp8-weights"]
 
@@ -35,14 +39,7 @@ def lora_base_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=1024,
-        intermediate_size=2048,
-        num_hidden_layers=1,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        vocab_size=512,
-    )
+    config = LlamaConfig(**CONVERTED_LAYER, vocab_size=512)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
     lora_base = RECIPES["lora-base"]
@@ -105,10 +102,7 @@ def wide_demo_model(tmp_path_factory):
 
     demo = build_demo_model(tmp_path_factory.mktemp("demo") / "tiny-llama", ROOT / "data")
     config = AutoConfig.from_pretrained(demo)
-    config.update(
-        dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=8, head_dim=128)
-    )
-    config.num_key_value_heads = 8
+    config.update({**CONVERTED_LAYER, "head_dim": 1024 // 8})
     wide = tmp_path_factory.mktemp("wide") / "wide-llama"
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(wide)
