@@ -494,6 +494,27 @@ def test_the_payback_rule_applies_only_where_it_was_measured(planner):
     )
 
 
+@pytest.mark.parametrize(
+    "profile, length, expected",
+    [
+        ("h100-sxm", {"max_steps": 50}, "bf16"),  # 50 micro-batches: FP8 was measured ahead only after 167
+        ("h100-sxm", {"max_steps": 50, "gradient_accumulation_steps": 8}, "fp8"),  # 400
+        ("h200", {"max_steps": 150}, "bf16"),  # the point stands for any GPU that runs FP8
+        # LLaMA-Factory's LoRA example: 3 epochs over at most 1,000 examples of each of two datasets, 8 a step
+        ("h100-sxm", {"num_train_epochs": 3, "max_samples": 1000, "dataset": "identity,alpaca_en_demo"}, "fp8"),
+    ],
+)
+def test_a_lora_run_at_llamafactorys_defaults_too_short_to_pay_back_fp8_keeps_bf16(planner, profile, length, expected):
+    """LLaMA-Factory's own setting (checkpointing on, no torch_compile, one sequence a step) for the 8B's LoRA: a run
+    that ends before FP8's faster steps win back its compile is planned in BF16, and the block says so."""
+    keys = {**LORA, **model("llama-3.1-8b"), "per_device_train_batch_size": 1, "cutoff_len": 2048, **length}
+    decision = planner(profile, keys).decision
+    assert decision.precision == expected, decision.reasons
+    weighed = [reason for reason in decision.reasons if "pay back" in reason]
+    assert len(weighed) == 1 and "after 167 of 2048 tokens against BF16 eager" in weighed[0]
+    assert ("pay back only after" in weighed[0]) == (expected == "bf16")
+
+
 def test_a_short_run_whose_memory_is_not_estimated_still_plans(planner):
     """GaLore's optimizer is outside the memory model: the BF16 fit that the short run asks for has no estimate."""
     decision = planner("h200", {**COMPILED_NO_CKPT, "max_steps": 10, "use_galore": True}).decision

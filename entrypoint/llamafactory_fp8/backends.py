@@ -77,8 +77,9 @@ TORCHAO = FP8Backend(
     # (recipes-batch8).
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
-    # One H200, BF16 compiled, no checkpointing: bench/results/payback/committed.md, from the first step and the
-    # steady step of each pair
+    # bench/results/payback/committed.md, from the first step and the steady step of each pair: one H200 against
+    # BF16 compiled without checkpointing; one H100 with checkpointing at LLaMA-Factory's defaults (BF16 eager, one
+    # sequence) and at four sequences against BF16 compiled
     payback=(
         Payback(
             finetuning="full",
@@ -115,6 +116,24 @@ TORCHAO = FP8Backend(
             micro_batches=391,
             parameters=8_030_261_248,
             measured="Llama-3.1-8B, one H200, bench/results/causal-lora-batch8",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=True,
+            bf16_compiled=False,
+            tokens=2048,
+            micro_batches=167,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H100, bench/results/payback-lora-8b-b1",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=True,
+            bf16_compiled=True,
+            tokens=8192,
+            micro_batches=16,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H100, bench/results/lora-fp8-weights-h100",
         ),
     ),
 )

@@ -85,8 +85,8 @@ RECIPES = {
         Fp8Recipe(
             "lora-base-fp8-weights",
             f"FP8 on the frozen base linear layers only (both sides >= {MIN_FP8_DIM}), each weight cast to FP8 once "
-            "and held only in FP8 (half its memory, no cast per step; the same numbers as lora-base); LoRA adapters "
-            "and lm_head in BF16",
+            "and held only in FP8 (the same numbers as lora-base; on the 8B, 6.5 GiB less allocated and no faster "
+            "than lora-base: bench/results/lora-fp8-weights-h100); LoRA adapters and lm_head in BF16",
             layer_filter=frozen_large_linear,
             activation_factor=1.0,
             frozen_weights_in_fp8=True,
