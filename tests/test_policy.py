@@ -469,7 +469,8 @@ def test_auto_keeps_bf16_for_a_run_too_short_to_pay_back_fp8s_longer_start(plann
         # 2,000 examples, one a micro-batch: 250 optimizer steps of 8, 2,000 micro-batches; of the two points that
         # apply to the 3B (the 8B's 6,260 and Qwen2.5-7B's 3,142), the one that favours FP8
         assert "at most 2,000 micro-batches per GPU (1 epoch over at most 2,000 examples" in short[0]
-        assert "250 optimizer steps" in short[0] and "after 3,142 of 2048 tokens against BF16 compiled" in short[0]
+        assert "250 optimizer steps" in short[0]
+        assert "after 3,142 micro-batches of 2048 tokens against BF16 compiled" in short[0]
 
 
 def test_the_payback_rule_applies_only_where_it_was_measured(planner):
@@ -511,7 +512,7 @@ def test_a_lora_run_at_llamafactorys_defaults_too_short_to_pay_back_fp8_keeps_bf
     decision = planner(profile, keys).decision
     assert decision.precision == expected, decision.reasons
     weighed = [reason for reason in decision.reasons if "pay back" in reason]
-    assert len(weighed) == 1 and "after 167 of 2048 tokens against BF16 eager" in weighed[0]
+    assert len(weighed) == 1 and "after 167 micro-batches of 2048 tokens against BF16 eager" in weighed[0]
     assert ("pay back only after" in weighed[0]) == (expected == "bf16")
 
 

@@ -56,5 +56,5 @@ def weigh_run_length(
     return RunLengthVerdict(
         too_short=too_short,
         why=f"{run}, and FP8's longer start was measured to pay back {'only ' if too_short else ''}after "
-        f"{point.micro_batches:,} of {point.tokens} tokens against BF16 {bf16} ({point.measured})",
+        f"{point.micro_batches:,} micro-batches of {point.tokens} tokens against BF16 {bf16} ({point.measured})",
     )
