@@ -48,6 +48,9 @@ ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator reserves this much over it
 # GPUs. Not measured here (the bench records only the allocator): the usual size on an H100, with the margin below.
 CUDA_CONTEXT_GIB = 0.5
 NCCL_BUFFERS_GIB = 0.5
+# the term a recipe that casts frozen weights to FP8 once adds: one name where it is added and where it is kept
+# outside the margin
+KEPT_BF16_BLOCKS = "BF16 blocks the cast left, kept by the allocator"
 # A plan fits when its estimate plus this share of its fitted and unmeasured terms is within the GPU's memory: the
 # tolerance tests/test_memory.py holds every benchmark to. Weights, gradients and optimizer states follow from the
 # parameter count and are counted exactly, so a run whose peak is its training state is not refused for activations
@@ -172,7 +175,7 @@ def estimate(
         # the caching allocator keeps the blocks the freed BF16 copies leave, and a step reuses only part of them:
         # the 8B's LoRA peaked 6.5 GiB lower allocated but 4.4 GiB lower reserved than lora-base
         # (bench/results/lora-fp8-weights-h100), so the peak the plan fits counts none of the saving
-        gib.append(("BF16 blocks the cast left, kept by the allocator", held_in_fp8 * shard[strategy.weights] / GIB))
+        gib.append((KEPT_BF16_BLOCKS, held_in_fp8 * shard[strategy.weights] / GIB))
     if world_size > 1:
         gib.append(("NCCL buffers", NCCL_BUFFERS_GIB))
     offloaded = sum(
@@ -193,7 +196,7 @@ def estimate(
         "weights",
         "optimizer states",
         "activations, logits and gradients at the peak",
-        "BF16 blocks the cast left, kept by the allocator",
+        KEPT_BF16_BLOCKS,
     )
     unmeasured = fitted / GIB + sum(value for name, value in gib if name not in measured_exactly)
     return MemoryEstimate(strategy.name, world_size, tuple(gib), host, load, MARGIN * unmeasured)
