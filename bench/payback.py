@@ -2,9 +2,9 @@
 optimizer step (compiling included) of each FP8 run and its BF16 partners, and their steady seconds per
 micro-batch from tokens/s. Runs that logged `seconds_to_step` give the first step from the launch; older runs give
 it from their log's progress bar, which starts after loading (the same for both precisions). Prints a Markdown
-table; no GPU.
+table; no GPU. Folders joined with "+" are one set: consecutive calls on one warm machine.
 
-    python bench/payback.py bench/results/full-depth bench/results/lora-depth ...
+    python bench/payback.py bench/results/full-depth bench/results/sweep-h100+bench/results/sweep-h100-rest ...
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ def seconds_per_micro_batch(result: Result) -> float | None:
     return tokens / result.tokens_per_s if result.tokens_per_s else None
 
 
-def payback_rows(directory: Path) -> list[dict]:
-    (path,) = directory.glob("*.json")
-    results = [result_from_record(record) for record in json.loads(path.read_text())["results"]]
+def payback_rows(directories: list[Path]) -> list[dict]:
+    trained = []  # each run that trained, with the folder its log is in
+    for directory in directories:
+        (path,) = directory.glob("*.json")
+        results = map(result_from_record, json.loads(path.read_text())["results"])
+        trained += [(result, directory) for result in results if result.exit_code == 0]
     rows = []
-    for fp8 in (r for r in results if r.case.precision == "fp8" and r.exit_code == 0):
-        for bf16 in results:
-            if bf16.case.precision != "bf16" or bf16.case.pair != fp8.case.pair or bf16.exit_code != 0:
+    for fp8, fp8_directory in (run for run in trained if run[0].case.precision == "fp8"):
+        for bf16, bf16_directory in trained:
+            if bf16.case.precision != "bf16" or bf16.case.pair != fp8.case.pair:
                 continue
-            starts = first_step(bf16, directory), first_step(fp8, directory)
+            starts = first_step(bf16, bf16_directory), first_step(fp8, fp8_directory)
             steps = seconds_per_micro_batch(bf16), seconds_per_micro_batch(fp8)
             if None in starts or None in steps or starts[0][0] != starts[1][0]:
                 continue
@@ -54,7 +57,7 @@ def payback_rows(directory: Path) -> list[dict]:
             behind, gain = starts[1][1] - starts[0][1], steps[0] - steps[1]
             rows.append(
                 {
-                    "results": directory.name,
+                    "results": "+".join(directory.name for directory in directories),
                     "fp8": fp8.case.name,
                     "against": "BF16 compiled" if bf16.case.compile else "BF16 eager",
                     "tokens": fp8.case.batch * fp8.case.seq,
@@ -73,8 +76,8 @@ def main() -> int:
         "| s per micro-batch (BF16, FP8) | micro-batches to pay back |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for directory in map(Path, sys.argv[1:]):
-        for row in payback_rows(directory):
+    for argument in sys.argv[1:]:
+        for row in payback_rows([Path(directory) for directory in argument.split("+")]):
             payback = "never" if row["payback"] is None else f"{row['payback']:,}"
             print(
                 f"| {row['results']} | {row['fp8']} | {row['against']} | {row['tokens']} | {row['first_step']} | "

@@ -516,6 +516,82 @@ def test_a_lora_run_at_llamafactorys_defaults_too_short_to_pay_back_fp8_keeps_bf
     assert ("pay back only after" in weighed[0]) == (expected == "bf16")
 
 
+@pytest.mark.parametrize(
+    "keys, length, expected, point",
+    [
+        # the 8B's LoRA with checkpointing, torch_compile on: at one sequence FP8's steps were the slower, so BF16
+        # whatever the length, known or not; at two, FP8 after 146 micro-batches
+        ({**LORA, **model("llama-3.1-8b"), "torch_compile": True}, {}, "bf16", "would not catch up at any run length"),
+        (
+            {**LORA, **model("llama-3.1-8b"), "torch_compile": True},
+            {"max_steps": 100_000},
+            "bf16",
+            "would not catch up at any run length",
+        ),
+        (
+            {**LORA, **model("llama-3.1-8b"), "torch_compile": True, "per_device_train_batch_size": 2},
+            {"max_steps": 100},
+            "bf16",
+            "after 146 micro-batches of 4096 tokens against BF16 compiled",
+        ),
+        (
+            {**LORA, **model("llama-3.1-8b"), "torch_compile": True, "per_device_train_batch_size": 2},
+            {"max_steps": 200},
+            "fp8",
+            "after 146 micro-batches of 4096 tokens against BF16 compiled",
+        ),
+        # and at LLaMA-Factory's defaults (BF16 eager), two sequences: after 95
+        (
+            {**LORA, **model("llama-3.1-8b"), "per_device_train_batch_size": 2},
+            {"max_steps": 60},
+            "bf16",
+            "after 95 micro-batches of 4096 tokens against BF16 eager",
+        ),
+        # the 3B's full fine-tuning with checkpointing, at LLaMA-Factory's defaults (BF16 eager): after 998, and
+        # after 296 at two sequences
+        (
+            {**FULL, **model("qwen2.5-3b"), "per_device_train_batch_size": 2},
+            {"max_steps": 300},
+            "fp8",
+            "after 296 micro-batches of 4096 tokens against BF16 eager",
+        ),
+        ({**FULL, **model("qwen2.5-3b")}, {"max_steps": 500}, "bf16", "after 998 micro-batches of 2048 tokens"),
+        ({**FULL, **model("qwen2.5-3b")}, {"max_steps": 2000}, "fp8", "after 998 micro-batches of 2048 tokens"),
+        # and compiled: never at one sequence, a smaller model too (it gains less a step); at two, after 3,136
+        ({**FULL, **model("qwen2.5-3b"), "torch_compile": True}, {}, "bf16", "would not catch up at any run length"),
+        ({**FULL, **model("llama-3.2-1b"), "torch_compile": True}, {}, "bf16", "would not catch up at any run length"),
+        (
+            {**FULL, **model("qwen2.5-3b"), "torch_compile": True, "per_device_train_batch_size": 2},
+            {"max_steps": 1000},
+            "bf16",
+            "after 3,136 micro-batches of 4096 tokens",
+        ),
+        # the 8B is larger than the 3B measured: no point applies, FP8 as before
+        ({**FULL, **model("llama-3.1-8b"), "torch_compile": True}, {}, "fp8", None),
+    ],
+)
+def test_at_llamafactorys_micro_batches_auto_takes_fp8_only_where_its_steps_were_faster_and_pay_back(
+    planner, keys, length, expected, point
+):
+    """Checkpointing on (LLaMA-Factory's default), one or two 2048-token sequences per step: the sweep on one H100
+    (bench/results/sweep-h100) had FP8's steps slower than compiled BF16's at one sequence."""
+    keys = {"per_device_train_batch_size": 1, "cutoff_len": 2048, **keys, **length}
+    decision = planner("h200", keys).decision  # the points stand for any GPU that runs FP8; the 8B fits one H200
+    assert decision.precision == expected, decision.reasons
+    weighed = " ".join(reason for reason in decision.reasons if "pay back" in reason or "catch up" in reason)
+    assert (point in weighed) if point else not weighed
+    if expected == "bf16":
+        assert weighed.startswith("BF16 because")
+
+
+def test_fp8_asked_where_its_steps_were_measured_slower_is_kept_with_the_reason(planner):
+    keys = {**LORA, **model("llama-3.1-8b"), "torch_compile": True, "per_device_train_batch_size": 1}
+    decision = planner("h100-sxm", {**keys, "cutoff_len": 2048}, precision="fp8").decision
+    assert decision.precision == "fp8"
+    (warning,) = [w for w in decision.warnings if "would not catch up at any run length" in w]
+    assert "at most 1 x 2048" in warning and warning.endswith("; FP8 kept, as asked")
+
+
 def test_a_short_run_whose_memory_is_not_estimated_still_plans(planner):
     """GaLore's optimizer is outside the memory model: the BF16 fit that the short run asks for has no estimate."""
     decision = planner("h200", {**COMPILED_NO_CKPT, "max_steps": 10, "use_galore": True}).decision

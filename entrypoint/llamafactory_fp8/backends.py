@@ -23,7 +23,8 @@ class Payback:
     """BF16 as the YAML would run it: compiled (torch_compile: true) or eager (LLaMA-Factory's default)."""
     tokens: int
     """Per micro-batch: per_device_train_batch_size x cutoff_len."""
-    micro_batches: int
+    micro_batches: int | None
+    """None where FP8's steady step was the slower one: it never pays back, whatever the run's length."""
     parameters: int
     """The measured model's size: the point stands for models up to it (a larger one gains more a step and pays
     back sooner). Shape counts too: Qwen2.5-7B's 28 layers compiled sooner than the 8B's 32 and paid back after
@@ -78,8 +79,8 @@ TORCHAO = FP8Backend(
     takes_recipes=True,
     recipes=MappingProxyType({"lora": "lora-base"}),
     # bench/results/payback/committed.md, from the first step and the steady step of each pair: one H200 against
-    # BF16 compiled without checkpointing; one H100 with checkpointing at LLaMA-Factory's defaults (BF16 eager, one
-    # sequence) and at four sequences against BF16 compiled
+    # BF16 compiled without checkpointing; one H100 with checkpointing (LLaMA-Factory's default) at one, two and four
+    # sequences, against BF16 eager (LLaMA-Factory's default) and compiled
     payback=(
         Payback(
             finetuning="full",
@@ -134,6 +135,69 @@ TORCHAO = FP8Backend(
             micro_batches=16,
             parameters=8_030_261_248,
             measured="Llama-3.1-8B, one H100, bench/results/lora-fp8-weights-h100",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=True,
+            bf16_compiled=True,
+            tokens=2048,
+            micro_batches=None,  # FP8 at 0.92x and 0.95x of BF16 compiled, twice
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H100, bench/results/sweep-h100",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=True,
+            bf16_compiled=True,
+            tokens=4096,
+            micro_batches=146,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H100, bench/results/sweep-h100",
+        ),
+        Payback(
+            finetuning="lora",
+            checkpointing=True,
+            bf16_compiled=False,
+            tokens=4096,
+            micro_batches=95,
+            parameters=8_030_261_248,
+            measured="Llama-3.1-8B, one H100, bench/results/sweep-h100",
+        ),
+        Payback(
+            finetuning="full",
+            checkpointing=True,
+            bf16_compiled=False,
+            tokens=2048,
+            micro_batches=998,
+            parameters=3_085_938_688,
+            measured="Qwen2.5-3B, one H100, bench/results/sweep-h100",
+        ),
+        Payback(
+            finetuning="full",
+            checkpointing=True,
+            bf16_compiled=True,
+            tokens=2048,
+            micro_batches=None,  # FP8 at 0.92x of BF16 compiled
+            parameters=3_085_938_688,
+            measured="Qwen2.5-3B, one H100, bench/results/sweep-h100",
+        ),
+        Payback(
+            finetuning="full",
+            checkpointing=True,
+            bf16_compiled=True,
+            tokens=4096,
+            micro_batches=3136,
+            parameters=3_085_938_688,
+            measured="Qwen2.5-3B, one H100, bench/results/sweep-h100-rest",
+        ),
+        Payback(
+            finetuning="full",
+            checkpointing=True,
+            bf16_compiled=False,
+            tokens=4096,
+            micro_batches=296,
+            parameters=3_085_938_688,
+            measured="Qwen2.5-3B, one H100, bench/results/sweep-h100 and sweep-h100-rest",
         ),
     ),
 )
