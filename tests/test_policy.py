@@ -592,6 +592,29 @@ def test_fp8_asked_where_its_steps_were_measured_slower_is_kept_with_the_reason(
     assert "at most 1 x 2048" in warning and warning.endswith("; FP8 kept, as asked")
 
 
+@pytest.mark.parametrize(
+    "keys, told",
+    [
+        ({**LORA, **model("llama-3.1-8b")}, True),  # LLaMA-Factory's defaults: FP8 beats eager, compiled BF16 both
+        ({**FULL, **model("qwen2.5-3b")}, True),
+        ({**LORA, **model("llama-3.1-8b"), "per_device_train_batch_size": 2}, False),  # FP8 ahead at two sequences
+        ({**FULL, **model("llama-3.1-8b")}, False),  # the 8B's full fine-tuning was not measured at one sequence
+    ],
+)
+def test_fp8_where_compiled_bf16_ran_faster_tells_how_to_run_it(planner, keys, told):
+    """A YAML without torch_compile at one sequence per step with checkpointing: auto's FP8 beats the eager BF16 the
+    YAML asks for, and the block tells how to run the faster compiled BF16; said, not applied."""
+    decision = planner("h200", {"per_device_train_batch_size": 1, "cutoff_len": 2048, **keys}).decision
+    assert decision.precision == "fp8", decision.reasons
+    tips = [tip for tip in decision.tips if "torch_compile: true" in tip]
+    assert len(tips) == told
+    if told:
+        assert "at most 1 x 2048" in tips[0] and "`--bf16` with `torch_compile: true` would run faster" in tips[0]
+        keys = {"per_device_train_batch_size": 1, "cutoff_len": 2048, **keys, "torch_compile": True}
+        taken = planner("h200", keys, precision="bf16").decision
+        assert taken.precision == "bf16" and not any("torch_compile" in tip for tip in taken.tips)
+
+
 def test_a_short_run_whose_memory_is_not_estimated_still_plans(planner):
     """GaLore's optimizer is outside the memory model: the BF16 fit that the short run asks for has no estimate."""
     decision = planner("h200", {**COMPILED_NO_CKPT, "max_steps": 10, "use_galore": True}).decision

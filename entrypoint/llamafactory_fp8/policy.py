@@ -17,7 +17,7 @@ from .backends import FP8Backend
 from .cpu_processes import check_cpu_strategy
 from .errors import ConfigInvalid, DoesNotFit, FP8Unavailable, NoGpu
 from .fit import Capacity, Fit, RunShape, StrategyChoice, StrategyFit, fit, layout, strategy_in_yaml
-from .fp8_payback import weigh_run_length
+from .fp8_payback import compiled_bf16_tip, weigh_run_length
 from .fp8_recipe import ALL_GATHER_RECIPE, RECIPES
 from .inspection import Inspection
 from .memory import MemoryEstimate
@@ -183,8 +183,21 @@ def decide(inspection: Inspection) -> Decision:
             f"FP8 recipe {recipe} acts on FSDP2's all-gathers, and this run has none ({fitted.layout}); "
             "it was never run without FSDP2"
         )
+    tip = compiled_bf16_tip(backend.payback, training, model) if backend is not None else None
     return _decision(
-        precision, source, backend, recipe, "cuda", processes, world, fitted, capacity, inspection, reasons, warnings
+        precision,
+        source,
+        backend,
+        recipe,
+        "cuda",
+        processes,
+        world,
+        fitted,
+        capacity,
+        inspection,
+        reasons,
+        warnings,
+        tips=(tip,) if tip else (),
     )
 
 
@@ -215,6 +228,7 @@ def _decision(
     inspection: Inspection,
     reasons: list[str],
     warnings: list[str],
+    tips: tuple[str, ...] = (),
 ) -> Decision:
     return Decision(
         precision=precision,
@@ -232,7 +246,7 @@ def _decision(
         host_memory_gib=capacity.host_gib if capacity else None,
         reasons=(*reasons, *fitted.reasons),
         warnings=(*inspection.key_warnings, *warnings, *fitted.warnings),
-        tips=(*fitted.tips, *([backend.tip] if backend is not None and backend.tip else [])),
+        tips=(*fitted.tips, *([backend.tip] if backend is not None and backend.tip else []), *tips),
     )
 
 
