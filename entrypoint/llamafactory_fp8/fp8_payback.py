@@ -44,7 +44,10 @@ def comparable_point(
     tokens = training.micro_batch_size * training.cutoff_len
     below = [point.tokens for point in same if point.tokens <= tokens]
     level = max(below) if below else min(point.tokens for point in same)
-    return min((p for p in same if p.tokens == level), key=lambda p: p.micro_batches or float("inf"))
+    return min(
+        (p for p in same if p.tokens == level),
+        key=lambda p: float("inf") if p.micro_batches is None else p.micro_batches,
+    )
 
 
 def weigh_run_length(
