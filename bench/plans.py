@@ -253,6 +253,24 @@ def micro_batch_sweep_lora_8b(batches=(1, 2, 4)):
     return [case for batch in batches for case in three_ways(dict(options, batch=batch, expected_s=expected[batch]))]
 
 
+def cuda_graphs_b1():
+    """At one sequence with checkpointing FP8 lost to compiled BF16 through launch gaps (results/sweep-h100: 6,411
+    kernels a step against 4,006, of 23 us on average); CUDA graphs replay a step's kernels in one launch. The 8B's
+    LoRA and the 3B's full fine-tuning, compiled BF16 then FP8, each as before and with Transformers'
+    torch_compile_mode reduce-overhead (its own pair, as repeat 1), one call on an H100."""
+    options = [
+        dict(LORA_8B, batch=1, steps=50, warmup_steps=10, grad_ckpt=True, expected_s=80),
+        dict(FULL_8B_BATCH8, shape="qwen2.5-3b", batch=1, profile_steps=1, expected_s=90),
+    ]
+    graphs = dict(repeat=1, label="cudagraphs")
+    return [
+        Case(**dict(one, **variant, extra=(*one.get("extra", ()), *keys)), precision=precision, compile=True)
+        for one in options
+        for variant, keys in (({}, ()), (graphs, ("torch_compile_mode=reduce-overhead",)))
+        for precision in ("bf16", "fp8")
+    ]
+
+
 def rerun_with_cache_kept(cases):
     """The cases, each with a compile cache of its own, then each again sharing the cache its first run filled: a
     user's rerun where Inductor's cache is kept on a volume, against the first run in a fresh container."""
@@ -320,6 +338,7 @@ PLANS = {
     "sweep-8b": micro_batch_sweep_8b(),
     "sweep-lora-8b": micro_batch_sweep_lora_8b(),
     "sweep-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,)),
+    "cudagraphs-b1": cuda_graphs_b1(),
     # what sweep-h100 left of the LoRA sweep: FP8 at 4 (its deadline), and 8 sequences, on an H100
     "sweep-lora-8b-4-8": micro_batch_sweep_lora_8b(batches=(4, 8)),
     # the least that gives one payback point at LLaMA-Factory's defaults: FP8 first, then BF16 eager
