@@ -253,6 +253,19 @@ def micro_batch_sweep_lora_8b(batches=(1, 2, 4)):
     return [case for batch in batches for case in three_ways(dict(options, batch=batch, expected_s=expected[batch]))]
 
 
+def sft_alpaca():
+    """LLaMA-Factory's own examples as users run them: sft on the shipped alpaca_en_demo (short instructions, so
+    each micro-batch has a length of its own, which a compiled run sees as new shapes), one sequence per
+    micro-batch, checkpointing. The 8B's LoRA as examples/train_lora (r8, every linear layer, 8 accumulated) and
+    the 3B's full fine-tuning as examples/train_full (2 accumulated), each three ways. tokens/s counts the tokens
+    LLaMA-Factory saw; the wall time to each step compares the three."""
+    sft = ("stage=sft", "dataset=alpaca_en_demo", "template=default")
+    common = dict(layers=None, batch=1, grad_ckpt=True, steps=30, warmup_steps=6, label="sft-alpaca", expected_s=150)
+    lora = dict(common, shape="llama-3.1-8b", finetuning="lora", grad_accum=8, extra=(*sft, *LORA_ALL, "lora_rank=8"))
+    full = dict(common, shape="qwen2.5-3b", finetuning="full", grad_accum=2, extra=sft)
+    return [*three_ways(lora), *three_ways(full)]
+
+
 def cuda_graphs_b1():
     """At one sequence with checkpointing FP8 lost to compiled BF16 through launch gaps (results/sweep-h100: 6,411
     kernels a step against 4,006, of 23 us on average); CUDA graphs replay a step's kernels in one launch. The 8B's
@@ -339,6 +352,7 @@ PLANS = {
     "sweep-lora-8b": micro_batch_sweep_lora_8b(),
     "sweep-lora-8b-b1": micro_batch_sweep_lora_8b(batches=(1,)),
     "cudagraphs-b1": cuda_graphs_b1(),
+    "sft-alpaca": sft_alpaca(),
     # what sweep-h100 left of the LoRA sweep: FP8 at 4 (its deadline), and 8 sequences, on an H100
     "sweep-lora-8b-4-8": micro_batch_sweep_lora_8b(batches=(4, 8)),
     # the least that gives one payback point at LLaMA-Factory's defaults: FP8 first, then BF16 eager
