@@ -4,7 +4,7 @@ TE 2.20: `transformer_engine.pytorch` does not import its `fp8` submodule, which
 import sys
 
 import pytest
-from llamafactory_fp8.runtime_patches import let_accelerate_find_te_fp8
+from llamafactory_fp8.runtime_patches import let_accelerate_find_te_fp8, let_peft_build_lora_beside_newer_torchao
 
 
 @pytest.fixture
@@ -47,3 +47,22 @@ def test_the_known_noise_is_quiet_and_nothing_else_is():
         pytest.skip("torchao's extensions load with this torch: nothing to quiet")
     assert "Failed to load" not in quiet.stderr and "Enum subclass" not in quiet.stderr
     assert "a real warning" in quiet.stderr
+
+
+def test_lora_builds_where_torchao_no_longer_has_the_class_peft_0_18_asks_for(monkeypatch):
+    """torchao 0.18 removed LinearActivationQuantizedTensor, which PEFT 0.18 imports for every LoRA target: with
+    torchao 0.18.0 on the path, every LoRA model here failed to build (bench/README.md, "torchao 0.18")."""
+    import torchao.quantization
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def tiny_lora():
+        shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+        return get_peft_model(LlamaForCausalLM(LlamaConfig(**shape)), LoraConfig(r=4, target_modules="all-linear"))
+
+    monkeypatch.delattr(torchao.quantization, "LinearActivationQuantizedTensor")
+    with pytest.raises(ImportError, match="LinearActivationQuantizedTensor"):
+        tiny_lora()
+    let_peft_build_lora_beside_newer_torchao()
+    trainable, _ = tiny_lora().get_nb_trainable_parameters()
+    assert trainable > 0

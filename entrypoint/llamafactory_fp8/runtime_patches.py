@@ -46,6 +46,17 @@ def let_accelerate_find_te_fp8() -> None:
         importlib.import_module("transformer_engine.pytorch.fp8")
 
 
+def let_peft_build_lora_beside_newer_torchao() -> None:
+    """PEFT 0.18 (LLaMA-Factory 0.9.5's pin) checks every LoRA target's weight against torchao.quantization's
+    LinearActivationQuantizedTensor, which torchao 0.18 removed: every LoRA model, BF16 or FP8, failed to build
+    with ImportError (bench/README.md, "torchao 0.18"). No tensor can be of a class that no longer exists, so the
+    name is given a class nothing instantiates; PEFT 0.19 no longer asks."""
+    import torchao.quantization
+
+    if not hasattr(torchao.quantization, "LinearActivationQuantizedTensor"):
+        torchao.quantization.LinearActivationQuantizedTensor = type("LinearActivationQuantizedTensor", (), {})
+
+
 def let_torch_load_cpu_rank_tensors() -> None:
     """Ranks on several CPU nodes keep tensors on device `cpu:0`, and torch.save tags them so, but torch.load
     restores only `cpu`: resuming such a run failed ("don't know how to restore data location ... cpu:0")."""
