@@ -66,3 +66,13 @@ def test_lora_builds_where_torchao_no_longer_has_the_class_peft_0_18_asks_for(mo
     let_peft_build_lora_beside_newer_torchao()
     trainable, _ = tiny_lora().get_nb_trainable_parameters()
     assert trainable > 0
+
+
+def test_without_torchao_the_lora_patch_imports_nothing(monkeypatch):
+    """A BF16 or Transformer Engine environment may have no torchao: every run would fail at the import."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # importing it now raises ImportError
+    let_peft_build_lora_beside_newer_torchao()

@@ -4,6 +4,7 @@ pinned release, says which, and is guarded by a test (patches/README.md lists th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 
@@ -50,7 +51,9 @@ def let_peft_build_lora_beside_newer_torchao() -> None:
     """PEFT 0.18 (LLaMA-Factory 0.9.5's pin) checks every LoRA target's weight against torchao.quantization's
     LinearActivationQuantizedTensor, which torchao 0.18 removed: every LoRA model, BF16 or FP8, failed to build
     with ImportError (bench/README.md, "torchao 0.18"). No tensor can be of a class that no longer exists, so the
-    name is given a class nothing instantiates; PEFT 0.19 no longer asks."""
+    name is given a class nothing instantiates; PEFT 0.19 no longer asks. Without torchao, PEFT asks nothing."""
+    if importlib.util.find_spec("torchao") is None:
+        return
     import torchao.quantization
 
     if not hasattr(torchao.quantization, "LinearActivationQuantizedTensor"):
