@@ -31,12 +31,11 @@ def comparable_point(
     to the run's (fewer tokens, less to gain a step; the run's own are an upper bound, cutoff_len), else at the
     fewest; of those, the one that pays back soonest, so that auto leaves FP8 only where every comparable
     measurement had it behind. None where none was measured."""
-    kind = "lora" if training.finetuning_type in ("lora", "oft") else "full"
     same = [
         point
         for point in points
         if (point.finetuning, point.checkpointing, point.bf16_compiled)
-        == (kind, training.gradient_checkpointing, bf16_compiled)
+        == (kind_of(training), training.gradient_checkpointing, bf16_compiled)
         and model.num_parameters <= point.parameters
     ]
     if not same:
@@ -64,12 +63,11 @@ def weigh_run_length(
     if point is None:
         if length is None:
             return None
-        kind = "lora" if training.finetuning_type in ("lora", "oft") else "full"
         return RunLengthVerdict(
             too_short=False,
             why=f"this run trains at most {length.micro_batches:,} micro-batches per GPU ({length.why}); FP8's "
-            f"longer start is not weighed against it: not measured for {kind} with checkpointing {checkpointing} "
-            f"against BF16 {bf16} on a model this size or larger (bench/README.md)",
+            f"longer start is not weighed against it: not measured for {kind_of(training)} with checkpointing "
+            f"{checkpointing} against BF16 {bf16} on a model this size or larger (bench/README.md)",
         )
     if point.micro_batches is None:
         return RunLengthVerdict(
@@ -109,3 +107,8 @@ def slower_than_bf16(point: Payback, training: TrainingConfig) -> str:
         f"checkpointing {checkpointing} ({point.measured}), and this run's are at most "
         f"{training.micro_batch_size} x {training.cutoff_len}"
     )
+
+
+def kind_of(training: TrainingConfig) -> str:
+    """The points' kind: full stands for freeze too, lora for OFT."""
+    return "lora" if training.finetuning_type in ("lora", "oft") else "full"
