@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, only bench/ is on the path
 
 from bench.cases import Result, result_from_record  # noqa: E402
-from bench.wall_time import ahead_from  # noqa: E402
+from bench.wall_time import ahead_from, seconds_per_step  # noqa: E402
 
 
 def first_step(result: Result, directory: Path) -> tuple[int, float] | None:
@@ -34,6 +34,11 @@ def first_step(result: Result, directory: Path) -> tuple[int, float] | None:
 
 
 def seconds_per_micro_batch(result: Result) -> float | None:
+    """From tokens/s where each micro-batch is full (the bench's packed pt blocks); from the step clock where the
+    data leaves each its own length (sft on alpaca_en_demo), and batch x seq would overstate its tokens."""
+    if "stage=sft" in result.case.extra:
+        per_step = seconds_per_step(result)
+        return per_step / result.case.grad_accum if per_step is not None else None
     tokens = result.case.batch * result.case.seq
     return tokens / result.tokens_per_s if result.tokens_per_s else None
 

@@ -141,3 +141,17 @@ def test_a_run_compiles_from_an_empty_cache_unless_it_shares_its_first_runs(tmp_
     own = replace(first, compile_cache="")
     (compile_cache(own, tmp_path) / "left-by-an-earlier-call").mkdir(parents=True)
     assert not compile_cache(own, tmp_path).exists(), "a run of its own starts empty, as in a fresh container"
+
+
+def test_the_payback_of_short_sft_examples_is_timed_by_the_step_clock_not_by_full_sequences():
+    """On alpaca_en_demo a micro-batch holds one short example, not batch x seq tokens: seconds per micro-batch come
+    from the logged steps (here 2 s a step of 8 micro-batches), where packed pt blocks take them from tokens/s."""
+    from bench.payback import seconds_per_micro_batch
+
+    clock = {step: 10.0 + 2 * step for step in range(5, 31, 5)}
+    options = dict(shape="llama-3.1-8b", layers=None, finetuning="lora", precision="bf16", compile=False, steps=30)
+    options.update(batch=1, grad_accum=8, warmup_steps=6)
+    sft = Case(**options, extra=("stage=sft", "dataset=alpaca_en_demo"))
+    packed = Case(**options)
+    assert seconds_per_micro_batch(Result(sft, 0, tokens_per_s=2048.0, seconds_to_step=clock)) == 0.25
+    assert seconds_per_micro_batch(Result(packed, 0, tokens_per_s=2048.0, seconds_to_step=clock)) == 1.0
