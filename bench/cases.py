@@ -51,9 +51,20 @@ class Case:
         return self.family + ("-ckpt" if self.grad_ckpt else "")
 
     @property
+    def extra_keys(self) -> dict[str, str]:
+        """`extra` as LLaMA-Factory keys and their values."""
+        return dict(item.split("=", 1) for item in self.extra)
+
+    @property
+    def packed(self) -> bool:
+        """Whether every micro-batch is batch x seq tokens: the bench's pt stage packs its text into blocks, where
+        sft (alpaca_en_demo's short examples) gives each micro-batch a length of its own."""
+        return self.extra_keys.get("stage", "pt") == "pt"
+
+    @property
     def name(self) -> str:
         precision = "fp8-te" if self.precision == "fp8" and self.backend == "te" else self.precision
-        keys = dict(item.split("=", 1) for item in self.extra)
+        keys = self.extra_keys
         parts = [self.pair, precision, self.recipe, "compiled" if self.compile else "eager", self.label]
         parts += [f"{short}{keys[key]}" for key, short in NAME_KEYS.items() if key in keys]
         return "-".join(part for part in parts if part)

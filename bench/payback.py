@@ -34,9 +34,9 @@ def first_step(result: Result, directory: Path) -> tuple[int, float] | None:
 
 
 def seconds_per_micro_batch(result: Result) -> float | None:
-    """From tokens/s where each micro-batch is full (the bench's packed pt blocks); from the step clock where the
-    data leaves each its own length (sft on alpaca_en_demo), and batch x seq would overstate its tokens."""
-    if "stage=sft" in result.case.extra:
+    """From tokens/s where each micro-batch is full (Case.packed); from the step clock where the data leaves each
+    its own length, and batch x seq would overstate its tokens."""
+    if not result.case.packed:
         per_step = seconds_per_step(result)
         return per_step / result.case.grad_accum if per_step is not None else None
     tokens = result.case.batch * result.case.seq

@@ -136,7 +136,7 @@ def training_keys(case: Case, model: Path, data: Path, output_dir: Path) -> dict
         "torch_compile": "true" if case.compile else "false",
         "disable_gradient_checkpointing": "false" if case.grad_ckpt else "true",
     }
-    keys.update(item.split("=", 1) for item in case.extra)
+    keys.update(case.extra_keys)
     return keys
 
 
