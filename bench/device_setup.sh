@@ -7,4 +7,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "
 version=$(sed -n 's/^llamafactory==\([^ ]*\) .*/\1/p' docker/requirements.lock) # the pin, written once
 (cd /tmp/site && for p in "$OLDPWD/patches/llamafactory-$version"/*.patch; do patch -s -p1 <"$p" || exit 1; done) || return 1
 export PYTHONPATH=/tmp/site:$PWD/entrypoint:$PWD/healthcheck PYTHONUNBUFFERED=1
+if [ -d /tmp/te-site ]; then # Transformer Engine, which bench/transformer_engine.sh installed in an earlier call
+  export PYTHONPATH=$PYTHONPATH:/tmp/te-site
+fi
 nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv

@@ -21,13 +21,13 @@ def pairs(shape, layers, finetuning, steps=40, bf16_eager=False, batch=4, extra=
     return cases
 
 
-def transformer_engine_side_by_side(shape, layers, steps=30):
+def transformer_engine_side_by_side(shape, layers, steps=30, batch=4, **options):
     """TE runs eager (its delayed scaling refuses torch.compile): compare it with BF16 both ways and with torchao."""
     eager = [
-        Case(shape, layers, "full", "bf16", False, steps),
-        Case(shape, layers, "full", "fp8", False, steps, backend="te"),
+        Case(shape, layers, "full", "bf16", False, steps, batch=batch, **options),
+        Case(shape, layers, "full", "fp8", False, steps, batch=batch, backend="te", **options),
     ]
-    return eager + pairs(shape, layers, "full", steps=steps)
+    return eager + pairs(shape, layers, "full", steps=steps, batch=batch, **options)
 
 
 # Full fine-tuning of the 8B at full depth on one H200: AdamW states in float32 (LLaMA-Factory upcasts trainable
@@ -319,6 +319,9 @@ PLANS = {
     + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
     "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
+    # TE at full depth on an H100: the 3B's full fine-tuning, one sequence, no checkpointing (which would recompute
+    # TE's forward outside its FP8 autocast), 4 accumulated so the optimizer's step weighs less (~62 GiB planned)
+    "te-3b": transformer_engine_side_by_side("qwen2.5-3b", None, batch=1, grad_accum=4, warmup_steps=6, expected_s=150),
     "full-depth": full_depth_8b(),
     "full-depth-200": full_depth_200("llama-3.1-8b", profile_steps=0),  # profiled in full-depth already
     "qwen-depth": full_depth_200("qwen2.5-7b", profile_steps=2),

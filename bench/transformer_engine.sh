@@ -12,7 +12,8 @@ set -euo pipefail
 VERSION=2.20.2
 CORE_WHEEL=transformer_engine_cu13-$VERSION-py3-none-manylinux_2_28_x86_64.whl
 STASH=/tmp/te-stash
-SITE=${SITE:-/tmp/site}
+# apart from /tmp/site, which bench/device_setup.sh makes anew every call; it puts this one on the path after it
+SITE=${SITE:-/tmp/te-site}
 FIRST_PART_BYTES=30000000 # part 1 also carries the small wheels and the sdist; .whl rides along with it
 
 fetch() {

@@ -1,10 +1,15 @@
-"""A rank's runtime patch for Accelerate 1.11 against Transformer Engine 2.20, on a stand-in package laid out like
-TE 2.20: `transformer_engine.pytorch` does not import its `fp8` submodule, which Accelerate reads as an attribute."""
+"""A rank's runtime patches. Those for Transformer Engine 2.20 run on a stand-in package laid out like it (TE needs
+CUDA): `transformer_engine.pytorch` does not import its `fp8` submodule, which Accelerate reads as an attribute, and
+its `checkpoint` takes torch.utils.checkpoint's arguments."""
 
 import sys
 
 import pytest
-from llamafactory_fp8.runtime_patches import let_accelerate_find_te_fp8, let_peft_build_lora_beside_newer_torchao
+from llamafactory_fp8.runtime_patches import (
+    let_accelerate_find_te_fp8,
+    let_peft_build_lora_beside_newer_torchao,
+    recompute_te_layers_in_fp8,
+)
 
 
 @pytest.fixture
@@ -12,7 +17,14 @@ def te_like_2_20(tmp_path, monkeypatch):
     package = tmp_path / "transformer_engine" / "pytorch"
     package.mkdir(parents=True)
     (package.parent / "__init__.py").write_text("")
-    (package / "__init__.py").write_text("")
+    # TE's checkpoint, standing in: it records what it was called with and runs torch's
+    (package / "__init__.py").write_text(
+        "import torch.utils.checkpoint\n"
+        "calls = []\n"
+        "def checkpoint(function, *args, **kwargs):\n"
+        "    calls.append(kwargs)\n"
+        "    return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)\n"
+    )
     (package / "fp8.py").write_text("def check_mxfp8_support():\n    return False, 'needs Blackwell'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
@@ -33,6 +45,57 @@ def test_other_runs_do_not_import_transformer_engine(te_like_2_20, monkeypatch):
     monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
     let_accelerate_find_te_fp8()
     assert "transformer_engine" not in sys.modules
+
+
+def checkpointed_layers_in_one_step(use_reentrant_gc=True) -> int:
+    """A tiny Llama prepared by LLaMA-Factory's own training preparation (gradient checkpointing on, as its
+    default), one forward and backward: how many layer recomputes went through TE's checkpoint."""
+    from types import SimpleNamespace
+
+    import torch
+    import transformer_engine.pytorch as te
+    from llamafactory.model.model_utils.checkpointing import prepare_model_for_training
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, vocab_size=64)
+    model = LlamaForCausalLM(LlamaConfig(**shape))
+    switches = dict(upcast_layernorm=False, upcast_lmhead_output=False, disable_gradient_checkpointing=False)
+    prepare_model_for_training(
+        model, SimpleNamespace(**switches, use_unsloth_gc=False, use_reentrant_gc=use_reentrant_gc)
+    )
+    model.train()
+    tokens = torch.randint(0, 64, (2, 8))
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    return te.calls
+
+
+def test_te_runs_recompute_their_checkpointed_layers_through_te_checkpoint(te_like_2_20, monkeypatch):
+    """Through torch's checkpoint the recompute runs outside the FP8 autocast, where TE's layers fall back to BF16;
+    TE's own checkpoint restores it. The reentrant choice (LLaMA-Factory's use_reentrant_gc) is kept."""
+    from llamafactory.model.model_utils import checkpointing
+
+    monkeypatch.setattr(
+        checkpointing, "get_custom_gradient_checkpointing_func", checkpointing.get_custom_gradient_checkpointing_func
+    )
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "TE")
+    recompute_te_layers_in_fp8()
+    assert checkpointed_layers_in_one_step() == [{"use_reentrant": True}] * 3
+    import transformer_engine.pytorch as te
+
+    te.calls.clear()
+    assert checkpointed_layers_in_one_step(use_reentrant_gc=False) == [{"use_reentrant": False}] * 3
+
+
+def test_other_runs_checkpoint_through_torch(te_like_2_20, monkeypatch):
+    from llamafactory.model.model_utils import checkpointing
+
+    monkeypatch.setattr(
+        checkpointing, "get_custom_gradient_checkpointing_func", checkpointing.get_custom_gradient_checkpointing_func
+    )
+    monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
+    recompute_te_layers_in_fp8()
+    assert checkpointed_layers_in_one_step() == []
 
 
 def test_the_known_noise_is_quiet_and_nothing_else_is():

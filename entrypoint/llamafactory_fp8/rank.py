@@ -54,6 +54,7 @@ def run_worker() -> None:
 
     rehearsal = rehearse_from_environment()  # joins the fake process group before anything builds an Accelerator
     runtime_patches.let_accelerate_find_te_fp8()
+    runtime_patches.recompute_te_layers_in_fp8()
     runtime_patches.let_peft_build_lora_beside_newer_torchao()
     let_fsdp_run_on_cpu_processes()
     let_fsdp2_resume_its_sharded_optimizer()

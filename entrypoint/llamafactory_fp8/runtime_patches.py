@@ -47,6 +47,32 @@ def let_accelerate_find_te_fp8() -> None:
         importlib.import_module("transformer_engine.pytorch.fp8")
 
 
+def recompute_te_layers_in_fp8() -> None:
+    """LLaMA-Factory's gradient checkpointing recomputes each layer's forward during backward through
+    torch.utils.checkpoint, outside the FP8 autocast Accelerate wraps the forward in; Transformer Engine's layers
+    read that global state (TE 2.20's `init_fp8_metadata`), so the recompute and the whole backward ran in BF16
+    while the block said FP8. TE's own checkpoint, a drop-in for torch's, re-enters the forward's FP8 autocast and
+    recipe for the recompute: LLaMA-Factory's checkpointing calls it in place of torch's (the same keywords,
+    use_reentrant among them). Unsloth's checkpointing, which LLaMA-Factory calls instead where asked, is left as
+    it is."""
+    if os.environ.get("ACCELERATE_FP8_BACKEND", "").upper() != "TE":
+        return
+    from functools import partial
+
+    import torch.utils.checkpoint
+    from llamafactory.model.model_utils import checkpointing
+    from transformer_engine.pytorch import checkpoint as te_checkpoint
+
+    only_trainable_layers = checkpointing.get_custom_gradient_checkpointing_func
+
+    def through_te_checkpoint(checkpoint):
+        if isinstance(checkpoint, partial) and checkpoint.func is torch.utils.checkpoint.checkpoint:
+            checkpoint = partial(te_checkpoint, **checkpoint.keywords)
+        return only_trainable_layers(checkpoint)
+
+    checkpointing.get_custom_gradient_checkpointing_func = through_te_checkpoint
+
+
 def let_peft_build_lora_beside_newer_torchao() -> None:
     """PEFT 0.18 (LLaMA-Factory 0.9.5's pin) checks every LoRA target's weight against torchao.quantization's
     LinearActivationQuantizedTensor, which torchao 0.18 removed: every LoRA model, BF16 or FP8, failed to build
