@@ -11,7 +11,6 @@ the reference's: a recompute in FP8 gives the reference's gradients, one that fe
 
 from __future__ import annotations
 
-import copy
 import os
 from types import SimpleNamespace
 
@@ -26,9 +25,18 @@ from transformers import LlamaConfig, LlamaForCausalLM
 SHAPE = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8, vocab_size=1024)
 
 
-def gradients(model: torch.nn.Module, tokens: torch.Tensor, fp8: bool, checkpointed: bool) -> dict[str, torch.Tensor]:
-    """One forward and backward of a copy of `model`, checkpointed the way LLaMA-Factory does by default."""
-    model = copy.deepcopy(model)
+def fresh_model() -> torch.nn.Module:
+    """The same weights every time, with TE's layers where Accelerate puts them for fp8_backend: te."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SHAPE)).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        convert_model(model)
+    return model
+
+
+def gradients(tokens: torch.Tensor, fp8: bool, checkpointed: bool) -> dict[str, torch.Tensor]:
+    """One forward and backward of a fresh model, checkpointed the way LLaMA-Factory does by default."""
+    model = fresh_model()
     if checkpointed:
         switches = dict(upcast_layernorm=False, upcast_lmhead_output=False, use_unsloth_gc=False)
         args = SimpleNamespace(**switches, disable_gradient_checkpointing=False, use_reentrant_gc=True)
@@ -41,19 +49,13 @@ def gradients(model: torch.nn.Module, tokens: torch.Tensor, fp8: bool, checkpoin
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SHAPE)).to("cuda", torch.bfloat16)
-    with torch.no_grad():
-        convert_model(model)  # nn.Linear to te.Linear, as Accelerate does for fp8_backend: te
     tokens = torch.randint(0, SHAPE["vocab_size"], (4, 256), device="cuda")
-    unpatched = checkpointing.get_custom_gradient_checkpointing_func
-    reference = gradients(model, tokens, fp8=True, checkpointed=False)
-    runs = {"BF16, no FP8 at all": gradients(model, tokens, fp8=False, checkpointed=False)}
-    runs["FP8, torch's checkpoint (unpatched)"] = gradients(model, tokens, fp8=True, checkpointed=True)
+    reference = gradients(tokens, fp8=True, checkpointed=False)
+    runs = {"BF16, no FP8 at all": gradients(tokens, fp8=False, checkpointed=False)}
+    runs["FP8, torch's checkpoint (unpatched)"] = gradients(tokens, fp8=True, checkpointed=True)
     os.environ["ACCELERATE_FP8_BACKEND"] = "TE"
     recompute_te_layers_in_fp8()
-    runs["FP8, TE's checkpoint (the launcher's patch)"] = gradients(model, tokens, fp8=True, checkpointed=True)
-    checkpointing.get_custom_gradient_checkpointing_func = unpatched
+    runs["FP8, TE's checkpoint (the launcher's patch)"] = gradients(tokens, fp8=True, checkpointed=True)
     print("| run | largest relative difference of a weight's gradient from FP8 without checkpointing |")
     print("|---|---|")
     for label, grads in runs.items():
