@@ -70,7 +70,7 @@ def checkpointed_layers_in_one_step(use_reentrant_gc=True) -> int:
     return te.calls
 
 
-def test_te_runs_recompute_their_checkpointed_layers_through_te_checkpoint(te_like_2_20, monkeypatch):
+def test_te_runs_recompute_their_checkpointed_layers_through_te_checkpoint(te_like_2_20, monkeypatch, capsys):
     """Through torch's checkpoint the recompute runs outside the FP8 autocast, where TE's layers fall back to BF16;
     TE's own checkpoint restores it. The reentrant choice (LLaMA-Factory's use_reentrant_gc) is kept."""
     from llamafactory.model.model_utils import checkpointing
@@ -81,13 +81,14 @@ def test_te_runs_recompute_their_checkpointed_layers_through_te_checkpoint(te_li
     monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "TE")
     recompute_te_layers_in_fp8()
     assert checkpointed_layers_in_one_step() == [{"use_reentrant": True}] * 3
+    assert "checkpointed layers recompute through TE's checkpoint" in capsys.readouterr().out
     import transformer_engine.pytorch as te
 
     te.calls.clear()
     assert checkpointed_layers_in_one_step(use_reentrant_gc=False) == [{"use_reentrant": False}] * 3
 
 
-def test_other_runs_checkpoint_through_torch(te_like_2_20, monkeypatch):
+def test_other_runs_checkpoint_through_torch(te_like_2_20, monkeypatch, capsys):
     from llamafactory.model.model_utils import checkpointing
 
     monkeypatch.setattr(
@@ -96,6 +97,7 @@ def test_other_runs_checkpoint_through_torch(te_like_2_20, monkeypatch):
     monkeypatch.setenv("ACCELERATE_FP8_BACKEND", "AO")
     recompute_te_layers_in_fp8()
     assert checkpointed_layers_in_one_step() == []
+    assert "TE's checkpoint" not in capsys.readouterr().out
 
 
 def test_the_known_noise_is_quiet_and_nothing_else_is():

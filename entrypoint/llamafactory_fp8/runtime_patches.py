@@ -68,6 +68,8 @@ def recompute_te_layers_in_fp8() -> None:
     def through_te_checkpoint(checkpoint):
         if isinstance(checkpoint, partial) and checkpoint.func is torch.utils.checkpoint.checkpoint:
             checkpoint = partial(te_checkpoint, **checkpoint.keywords)
+            if os.environ.get("RANK", "0") == "0":
+                print("[llamafactory-fp8] FP8: checkpointed layers recompute through TE's checkpoint", flush=True)
         return only_trainable_layers(checkpoint)
 
     checkpointing.get_custom_gradient_checkpointing_func = through_te_checkpoint
