@@ -319,8 +319,8 @@ PLANS = {
     + pairs("llama-3.2-1b", 4, "full", steps=20, repeat=2)[::-1],
     "te": transformer_engine_side_by_side("qwen2.5-7b", 6),
     "te-eager": transformer_engine_side_by_side("qwen2.5-7b", 6)[:2],  # the two eager runs alone, to retry TE
-    # TE at full depth on an H100: the 3B's full fine-tuning, one sequence, no checkpointing (which would recompute
-    # TE's forward outside its FP8 autocast), 4 accumulated so the optimizer's step weighs less (~62 GiB planned)
+    # TE at full depth on an H100: the 3B's full fine-tuning, one sequence, 4 accumulated so the optimizer's step
+    # weighs less, no checkpointing (~62 GiB planned) until te_recompute_probe.py has shown TE recomputing in FP8
     "te-3b": transformer_engine_side_by_side("qwen2.5-3b", None, batch=1, grad_accum=4, warmup_steps=6, expected_s=150),
     "full-depth": full_depth_8b(),
     "full-depth-200": full_depth_200("llama-3.1-8b", profile_steps=0),  # profiled in full-depth already

@@ -50,11 +50,11 @@ def let_accelerate_find_te_fp8() -> None:
 def recompute_te_layers_in_fp8() -> None:
     """LLaMA-Factory's gradient checkpointing recomputes each layer's forward during backward through
     torch.utils.checkpoint, outside the FP8 autocast Accelerate wraps the forward in; Transformer Engine's layers
-    read that global state (TE 2.20's `init_fp8_metadata`), so the recompute and the whole backward ran in BF16
-    while the block said FP8. TE's own checkpoint, a drop-in for torch's, re-enters the forward's FP8 autocast and
-    recipe for the recompute: LLaMA-Factory's checkpointing calls it in place of torch's (the same keywords,
-    use_reentrant among them). Unsloth's checkpointing, which LLaMA-Factory calls instead where asked, is left as
-    it is."""
+    read that global state (TE 2.20's `init_fp8_metadata`), so by TE's source the recompute and the whole backward
+    run in BF16 while the block says FP8 (not yet seen on a GPU: bench/te_recompute_probe.py). TE's own
+    checkpoint, a drop-in for torch's, re-enters the forward's FP8 autocast and recipe for the recompute:
+    LLaMA-Factory's checkpointing calls it in place of torch's (the same keywords, use_reentrant among them).
+    Unsloth's checkpointing, which LLaMA-Factory calls instead where asked, is left as it is."""
     if os.environ.get("ACCELERATE_FP8_BACKEND", "").upper() != "TE":
         return
     from functools import partial
