@@ -125,6 +125,8 @@ def test_policy_table(planner, profile, model_name, keys, flags, backends, expec
 def test_a_yaml_backend_is_kept_and_said(planner):
     plan = planner("h200", {**model("qwen2.5-3b"), **FULL, "fp8_backend": "te"}, memory_check=False)
     assert "backend te from the training YAML's fp8_backend" in plan.decision.reasons
+    given = planner("h200", {**model("qwen2.5-3b"), **FULL}, memory_check=False, overrides=("fp8_backend=te",))
+    assert "backend te from fp8_backend=te" in given.decision.reasons
     assert not plan.replaced, "nothing the user wrote was replaced"
     (tip,) = [tip for tip in plan.decision.tips if tip.startswith("Transformer Engine ran")]
     assert "--backend torchao takes the faster one" in tip and plan.decision.backend.name == "te"

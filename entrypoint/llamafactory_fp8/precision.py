@@ -127,7 +127,7 @@ def _backend(inspection: Inspection, forced: bool, reasons: list[str]) -> tuple[
     if name not in inspection.installed_backends:
         return None, f"FP8 backend {name} is not installed"
     if source != "auto":
-        by = {"flag": "--backend", "yaml": "the training YAML's fp8_backend", "override": "fp8_backend="}[source]
+        by = {"flag": "--backend", "yaml": "the training YAML's fp8_backend", "override": f"fp8_backend={name}"}[source]
         reasons.append(f"backend {name} from {by}")
     return BACKENDS[name], None
 
