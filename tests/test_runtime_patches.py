@@ -47,9 +47,9 @@ def test_other_runs_do_not_import_transformer_engine(te_like_2_20, monkeypatch):
     assert "transformer_engine" not in sys.modules
 
 
-def checkpointed_layers_in_one_step(use_reentrant_gc=True) -> int:
+def checkpointed_layers_in_one_step(use_reentrant_gc=True) -> list[dict]:
     """A tiny Llama prepared by LLaMA-Factory's own training preparation (gradient checkpointing on, as its
-    default), one forward and backward: how many layer recomputes went through TE's checkpoint."""
+    default), one forward and backward: the keywords of each call TE's checkpoint got (one a checkpointed layer)."""
     from types import SimpleNamespace
 
     import torch
@@ -75,6 +75,7 @@ def test_te_runs_recompute_their_checkpointed_layers_through_te_checkpoint(te_li
     TE's own checkpoint restores it. The reentrant choice (LLaMA-Factory's use_reentrant_gc) is kept."""
     from llamafactory.model.model_utils import checkpointing
 
+    # the patch replaces LLaMA-Factory's function: monkeypatch puts the original back after the test
     monkeypatch.setattr(
         checkpointing, "get_custom_gradient_checkpointing_func", checkpointing.get_custom_gradient_checkpointing_func
     )
