@@ -56,6 +56,11 @@ class ExamplesHub(LoopbackHub):
 
 # example: (exit code, words of its one line). Every example not here plans.
 REFUSED = {
+    "extras/adam_mini/qwen2_full_sft.yaml": (25, "use_adam_mini: True: it needs adam_mini"),
+    "extras/apollo/llama3_full_sft.yaml": (25, "use_apollo: True: it needs apollo_torch"),
+    "extras/badam/llama3_full_sft.yaml": (25, "use_badam: True: it needs badam"),
+    "extras/galore/llama3_full_sft.yaml": (25, "use_galore: True: it needs galore_torch"),
+    "extras/mod/llama3_full_sft.yaml": (25, "mixture_of_depths: convert: it needs MoD"),
     "extras/asft/llama2_full_asft.yaml": (26, "dataset: med is not in dataset_info.json"),
     "extras/asft/qwen2_full_asft.yaml": (26, "dataset: math is not in dataset_info.json"),
     "extras/fp8/llama3_fp8_deepspeed_sft.yaml": (25, "report_to: wandb"),

@@ -113,6 +113,41 @@ LIMITS = (
         lacks=_modules("ray"),
         why="a REMOTE: dataset_dir is read through Ray, which is not in this image: use a local folder",
     ),
+    # the packages LLaMA-Factory's get_train_args requires for these keys (its _check_extra_dependencies)
+    Limit(
+        asks=_key("use_unsloth"),
+        lacks=_modules("unsloth"),
+        why="drop use_unsloth",
+    ),
+    Limit(
+        asks=_key("enable_liger_kernel"),
+        lacks=_modules("liger_kernel"),
+        why="drop enable_liger_kernel",
+    ),
+    Limit(
+        asks=_key("mixture_of_depths"),
+        lacks=_modules("MoD"),
+        why="drop mixture_of_depths",
+    ),
+    *(
+        Limit(
+            asks=_key(key),
+            lacks=_modules(module),
+            why=f"drop {key} to train with AdamW instead of {optimizer}; for less memory, "
+            "finetuning_type: lora, or a sharded --strategy over several GPUs",
+        )
+        for key, optimizer, module in (
+            ("use_galore", "GaLore", "galore_torch"),
+            ("use_apollo", "APOLLO", "apollo_torch"),
+            ("use_badam", "BAdam", "badam"),
+            ("use_adam_mini", "Adam-mini", "adam_mini"),
+        )
+    ),
+    Limit(
+        asks=_key("use_swanlab"),
+        lacks=_modules("swanlab"),
+        why="use_swanlab: false, or an image with it added",
+    ),
     Limit(
         asks=_key("predict_with_generate"),
         lacks=_modules("jieba", "nltk", "rouge_chinese"),
