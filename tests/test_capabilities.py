@@ -83,3 +83,41 @@ def test_what_it_can_run_passes(tmp_path):
     keys["do_train"] = True
     config.write_text(json.dumps(keys))
     assert run_cli("train", str(config), "--dry-run", profile="h100-sxm").returncode == 0
+
+
+def _transformers_builds(optim: str, tmp_path) -> bool:
+    """Whether the pinned Transformers' Trainer builds this optimizer here, for a model with linear layers."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "args"), optim=optim, optim_target_modules=["proj"])
+    model = torch.nn.Sequential()
+    model.add_module("proj", torch.nn.Linear(8, 8))
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args, model)
+    except (ImportError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def _optimizer_names() -> list[str]:
+    from transformers.training_args import OptimizerNames
+
+    return [name.value for name in OptimizerNames]
+
+
+@pytest.mark.parametrize("optim", _optimizer_names())
+def test_an_optimizer_transformers_cannot_build_here_is_refused_before_loading(tmp_path, optim):
+    """Transformers' Trainer imports an optimizer's package only once the model has loaded (minutes for an 8B), then
+    ends in a traceback: each of its optimizers that it cannot build in this environment is refused in one line (exit
+    25) before the launch, and each it can is planned."""
+    config = tmp_path / "train.yaml"
+    keys = {"model_name_or_path": TEXT_MODEL, "output_dir": str(tmp_path / "out"), "do_train": True, "optim": optim}
+    config.write_text(json.dumps(keys))
+    result = run_cli("train", str(config), "--dry-run", profile="h100-sxm")
+    if _transformers_builds(optim, tmp_path):
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 25, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"optim: {optim}" in line and "use optim: adamw_torch" in line

@@ -82,6 +82,28 @@ def _installed(module: str) -> bool:
         return False
 
 
+# Transformers' optimizers (the `optim` key) by the package its Trainer imports for each, which it does only once the
+# model has loaded; tests/test_capabilities.py holds this to the pinned Transformers
+OPTIMIZER_PACKAGES = {
+    "bitsandbytes": (
+        *("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "ademamix", "ademamix_8bit"),
+        *("paged_ademamix_32bit", "paged_ademamix_8bit", "lion_32bit", "lion_8bit", "paged_lion_32bit"),
+        *("paged_lion_8bit", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit"),
+    ),
+    "galore_torch": (
+        *("galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise"),
+        *("galore_adamw_8bit_layerwise", "galore_adafactor_layerwise"),
+    ),
+    "apollo_torch": ("apollo_adamw", "apollo_adamw_layerwise"),
+    "lomo_optim": ("lomo", "adalomo"),
+    "grokadamw": ("grokadamw",),
+    "schedulefree": ("schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd"),
+    "optimi": ("stable_adamw",),
+    "torchdistx": ("adamw_anyprecision",),
+    "apex": ("adamw_apex_fused",),
+    "torch_xla": ("adamw_torch_xla",),
+    "torch_npu": ("adamw_torch_npu_fused",),
+}
 MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size")
 MAX_TRL_FOR_PPO = Version("0.9.6")  # LLaMA-Factory 0.9.5's PPO trainer imports names trl removed after this
 
@@ -142,6 +164,14 @@ LIMITS = (
             ("use_badam", "BAdam", "badam"),
             ("use_adam_mini", "Adam-mini", "adam_mini"),
         )
+    ),
+    *(
+        Limit(
+            asks=_key("optim", lambda name, names=names: name in names),
+            lacks=_modules(package),
+            why="use optim: adamw_torch (the default), or adamw_torch_8bit for 8-bit optimizer states (torchao's)",
+        )
+        for package, names in OPTIMIZER_PACKAGES.items()
     ),
     Limit(
         asks=_key("use_swanlab"),
