@@ -127,6 +127,14 @@ def test_each_mistake_is_one_line_naming_the_key(schema, values, said):
     assert problems(schema, **values) == [said]
 
 
+def test_a_template_llamafactory_does_not_register_is_an_error_before_the_tokenizer_loads(schema):
+    """LLaMA-Factory looks `template` up only after loading the tokenizer, then raises: its registry is in the schema,
+    listed in part (it holds over a hundred)."""
+    (said,) = problems(schema, template="qwen4")
+    assert said.startswith("template: must be one of ") and " names (" in said and ", ...), got 'qwen4'" in said
+    assert problems(schema, template="qwen3") == problems(schema, template="llama3") == []
+
+
 def test_lr_scheduler_choices_come_from_transformers_enum(schema):
     (said,) = problems(schema, lr_scheduler_type="cosin")
     assert said.startswith("lr_scheduler_type: must be one of linear, cosine, ")

@@ -136,6 +136,9 @@ RETIRED_KEYS = {
 }
 
 
+MOST_CHOICES_LISTED = 12  # LLaMA-Factory's 121 templates would fill a screen
+
+
 def _unknown(key: str, schema: Schema) -> Problem:
     hint = f" ({RETIRED_KEYS[key]})" if key in RETIRED_KEYS else _did_you_mean(key, schema.keys)
     return Problem(key=key, what=f"not a LLaMA-Factory key{hint}", severity="error")
@@ -147,7 +150,9 @@ def _wrong_type_or_choice(key: str, value: Any, spec: KeySpec) -> Problem | None
         return None
     if typed:
         choices = [choice for accepted in typed for choice in accepted.choices]
-        wanted = "one of " + ", ".join(map(_yaml, choices))
+        wanted = "one of " + ", ".join(map(_yaml, choices[:MOST_CHOICES_LISTED]))
+        if len(choices) > MOST_CHOICES_LISTED:
+            wanted = f"one of {len(choices)} names ({wanted.removeprefix('one of ')}, ...)"
         hint = _did_you_mean(value, [str(choice) for choice in choices]) if isinstance(value, str) else ""
     else:
         wanted = " or ".join(

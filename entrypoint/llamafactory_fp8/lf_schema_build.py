@@ -82,12 +82,25 @@ def key_spec(field: dataclasses.Field, annotation: Any) -> dict:
     alternatives = accepted(annotation)
     listed = field.metadata.get("choices")  # Transformers lists some choices for argparse (log_level, ddp_backend)
     if listed is not None:
-        alternatives = [a if a["type"] == "null" else {**a, "choices": list(listed)} for a in alternatives]
+        alternatives = with_choices(alternatives, list(listed))
     spec = {"accepts": alternatives}
     has_default, default = default_of(field)
     if has_default:
         spec["default"] = default
     return spec
+
+
+def registered_templates() -> list[str]:
+    """The chat templates LLaMA-Factory registers: its `template` key is free text that it looks up only once the
+    tokenizer has loaded."""
+    from llamafactory.data.template import TEMPLATES
+
+    return sorted(TEMPLATES)
+
+
+def with_choices(alternatives: list[dict], choices: list) -> list[dict]:
+    """The alternatives with `choices` as the values of each but null."""
+    return [a if a["type"] == "null" else {**a, "choices": choices} for a in alternatives]
 
 
 def build_schema() -> dict:
@@ -105,6 +118,8 @@ def build_schema() -> dict:
         for field in dataclasses.fields(arguments):
             if field.init:  # what HfArgumentParser accepts; a key of two dataclasses is checked by its first
                 keys.setdefault(field.name, key_spec(field, annotations[field.name]))
+    template = keys["template"]
+    keys["template"] = {**template, "accepts": with_choices(template["accepts"], registered_templates())}
     return {
         "llamafactory": importlib.metadata.version("llamafactory"),
         "transformers": importlib.metadata.version("transformers"),
