@@ -155,3 +155,26 @@ def test_what_llamafactorys_own_argument_checks_refuse_is_one_line_and_exit_13(t
     assert "Traceback" not in result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("llamafactory-fp8: error: LLaMA-Factory refused the training config: Please enable")
+
+
+@pytest.mark.slow
+def test_a_lora_target_that_names_no_module_is_refused_before_the_weights_load(tiny_model, tmp_path):
+    """PEFT would pass over v_porj beside q_proj and train q_proj alone, and raise only once the weights had loaded
+    where no name matched: each rank checks the names against the model built on the meta device first."""
+    output_dir = tmp_path / "saves"
+    result = run_cli(
+        "train",
+        str(EXAMPLES / "train_lora/qwen3_lora_sft.yaml"),
+        "--allow-cpu",
+        f"model_name_or_path={tiny_model}",
+        f"output_dir={output_dir}",
+        "lora_target=q_proj,v_porj",
+        *SHRUNK,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 13, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "trainable params" not in result.stdout + result.stderr  # LLaMA-Factory's line once the adapter is built
+    last = result.stderr.strip().splitlines()[-1]
+    assert "lora_target: v_porj (did you mean v_proj?) is the name of no module in" in last
+    assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "adapter_model.safetensors").exists()

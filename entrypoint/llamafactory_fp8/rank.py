@@ -107,16 +107,23 @@ def refuse_arguments_in_one_line() -> None:
     """LLaMA-Factory's own argument checks (`get_train_args`, the first thing run_exp does) raise ValueError for
     rules across keys that no key's schema holds (do_predict without predict_with_generate, neat_packing outside
     sft): named as such, they end this process with one line for the launcher instead of a traceback, before the
-    model loads."""
+    model loads. So does a lora_target that names no module of the model (lora_targets.py)."""
     from llamafactory.train import tuner
+
+    from .lora_targets import lora_target_problem
 
     parse = tuner.get_train_args
 
     def checked(args):
         try:
-            return parse(args)
+            parsed = parse(args)
         except ValueError as refusal:
             raise ArgumentsRefused((str(refusal).strip().splitlines() or [""])[0][:300]) from None
+        model_args, _data_args, _training_args, finetuning_args, _generating_args = parsed
+        problem = lora_target_problem(model_args, finetuning_args)
+        if problem is not None:
+            raise ArgumentsRefused(problem)
+        return parsed
 
     tuner.get_train_args = checked
 
