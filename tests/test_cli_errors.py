@@ -49,6 +49,11 @@ def _model_folder_without_config(tmp_path):
     return f"model_name_or_path={tmp_path / 'empty-model'}"
 
 
+def _folder_that_is_no_adapter(tmp_path):
+    (tmp_path / "saves" / "sft").mkdir(parents=True)
+    return f"adapter_name_or_path={tmp_path / 'saves' / 'sft'}"
+
+
 MINE = "dataset=mine"
 USERS = _write(
     "users.yaml", "model_name_or_path: nobody/set-below\ndo_train: true\ndataset: alpaca_en_demo\noutput_dir: out\n"
@@ -111,6 +116,20 @@ BAD_INPUTS = {
         "h100-sxm",
         18,
         "has no config.json",
+    ),
+    # LLaMA-Factory loads adapters once the model's weights have loaded
+    "no such adapter folder": (["train", DEMO, "adapter_name_or_path=saves/qwen3/lora/sft"], "h100-sxm", 18, "adapter"),
+    "an adapter folder without adapter_config.json": (
+        ["train", DEMO, _folder_that_is_no_adapter, "--dry-run"],
+        "h100-sxm",
+        18,
+        "has no adapter_config.json",
+    ),
+    "a model path that is no Hub id": (
+        ["train", USERS, "model_name_or_path=models/llama/8b"],
+        "h100-sxm",
+        18,
+        "a folder",
     ),
     "a Hub model not cached, offline": (
         ["train", USERS, "model_name_or_path=nobody/not-cached", "--dry-run"],

@@ -29,7 +29,7 @@ from .gpus import GpuInventory, read_gpus
 from .lf_data import DATASET_INFO, DatasetInfoUnreadable, merged_dataset_info, names_a_folder
 from .lf_files import lf_data_dir, lf_dir
 from .lf_schema import SchemaUnavailable, check_keys, load_schema
-from .model_facts import ModelLookup, look_up_model
+from .model_facts import ModelLookup, check_adapters, look_up_model
 from .records import read_record
 from .request import Request
 from .resume import Resume, RunRecord, checkpoint_mismatch, checkpoints, finished_run, plan_resume, record_path
@@ -154,6 +154,7 @@ def inspect_run(request: Request, environ: Mapping[str, str] = os.environ) -> In
         model = look_up_model(
             training.model, workdir, training.model_revision, training.hf_hub_token, training.cache_dir, environ
         )
+    check_adapters(training.adapters, workdir)
     refuse_unsupported(training.values, model.facts)  # and what the model's config.json says it is
     dataset_info = _dataset_info(training, workdir, environ)
     if dataset_info is not None:

@@ -16,6 +16,7 @@ from .errors import ModelGated, ModelNotFound
 
 HUB_TIMEOUT_S = 5.0  # for the metadata request: an unreachable Hub costs seconds, not minutes
 CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's, beside the adapter's weights
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,29 @@ def look_up_model(
         return ModelLookup(name, read_model_facts(str(local)))
     if local.is_dir():
         raise ModelNotFound(f"model folder {local} has no {CONFIG_FILE}: it is not a model LLaMA-Factory can load")
-    if name.startswith(("/", "./", "../", "~")):
+    if names_a_path(name):
         raise ModelNotFound(f"model not found: {name} is not a folder")
     if _enabled(environ.get("USE_MODELSCOPE_HUB")):
         return _from_modelscope(name, revision, cache_dir)
     return _from_hugging_face(name, revision, token or environ.get("HF_TOKEN") or None, cache_dir, environ)
+
+
+def names_a_path(name: str) -> bool:
+    """Whether `name` can only be a folder: a Hub id is `name` or `owner/name`."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def check_adapters(names: tuple[str, ...], workdir: Path) -> None:
+    """Each adapter a folder holding PEFT's adapter_config.json, or a Hub id: LLaMA-Factory loads them only once the
+    model's weights have."""
+    for name in names:
+        local = workdir / name
+        if local.is_dir() and not (local / ADAPTER_CONFIG_FILE).is_file():
+            raise ModelNotFound(
+                f"adapter folder {local} has no {ADAPTER_CONFIG_FILE}: adapter_name_or_path names a PEFT adapter"
+            )
+        if not local.is_dir() and names_a_path(name):
+            raise ModelNotFound(f"adapter not found: {name} is not a folder")
 
 
 def read_model_facts(model: str, origin: str = "local folder") -> ModelFacts | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import STOPPED_EXIT_CODE
-from .model_facts import ModelFacts
+from .model_facts import ADAPTER_CONFIG_FILE, ModelFacts
 from .topology import Topology
 
 Status = Literal["running", "stopped", "failed", "finished"]
@@ -141,7 +141,7 @@ def checkpoint_mismatch(checkpoint: Path, finetuning_type: str, lora_rank: int, 
     """Why `checkpoint` cannot continue this run, or None: a LoRA checkpoint is an adapter (adapter_config.json) of
     the same rank, any other is the whole model, whose config.json must have this model's shape. Found before
     loading, rather than as a `size mismatch` once the model and the data have loaded."""
-    adapter = _json(checkpoint / "adapter_config.json")
+    adapter = _json(checkpoint / ADAPTER_CONFIG_FILE)
     if finetuning_type == "lora":
         if adapter is None:
             return f"{checkpoint} holds no LoRA adapter (adapter_config.json), and this run is LoRA"

@@ -64,6 +64,8 @@ class TrainingConfig:
     quantization_bit: int | None
     lora_rank: int
     lora_target: tuple[str, ...]
+    adapters: tuple[str, ...]
+    """adapter_name_or_path: the adapters LLaMA-Factory loads onto the model, folders or Hub ids."""
     freeze_trainable_layers: int
     micro_batch_size: int
     """per_device_train_batch_size."""
@@ -176,6 +178,7 @@ def load_training_config(path: Path, overrides: list[str]) -> TrainingConfig:
         quantization_bit=read.choice("quantization_bit", QUANTIZATION_BITS, None),
         lora_rank=read.integer("lora_rank", 8, minimum=1),
         lora_target=read.names("lora_target", "all"),
+        adapters=read.names("adapter_name_or_path", ""),
         freeze_trainable_layers=read.integer("freeze_trainable_layers", 2),
         micro_batch_size=read.integer("per_device_train_batch_size", 8, minimum=1),  # Transformers' default
         cutoff_len=read.integer("cutoff_len", 2048, minimum=1),
