@@ -158,9 +158,17 @@ def test_what_llamafactorys_own_argument_checks_refuse_is_one_line_and_exit_13(t
 
 
 @pytest.mark.slow
-def test_a_lora_target_that_names_no_module_is_refused_before_the_weights_load(tiny_model, tmp_path):
-    """PEFT would pass over v_porj beside q_proj and train q_proj alone, and raise only once the weights had loaded
-    where no name matched: each rank checks the names against the model built on the meta device first."""
+@pytest.mark.parametrize(
+    "key, said",
+    [
+        ("lora_target=q_proj,v_porj", "lora_target: v_porj (did you mean v_proj?) is the name of no module in"),
+        ("additional_target=embed_tokenz", "additional_target: embed_tokenz (did you mean embed_tokens?) is the name"),
+    ],
+)
+def test_a_target_that_names_no_module_is_refused_before_the_weights_load(tiny_model, tmp_path, key, said):
+    """PEFT would pass over v_porj beside q_proj and train q_proj alone (and raise only once the weights had loaded
+    where no name matched), and pass over a module to save that matches nothing: each rank checks the names against
+    the model built on the meta device first."""
     output_dir = tmp_path / "saves"
     result = run_cli(
         "train",
@@ -168,13 +176,12 @@ def test_a_lora_target_that_names_no_module_is_refused_before_the_weights_load(t
         "--allow-cpu",
         f"model_name_or_path={tiny_model}",
         f"output_dir={output_dir}",
-        "lora_target=q_proj,v_porj",
+        key,
         *SHRUNK,
         cwd=EXAMPLES.parent,
     )
     assert result.returncode == 13, result.stdout[-2000:] + result.stderr[-4000:]
     assert "Traceback" not in result.stdout + result.stderr
     assert "trainable params" not in result.stdout + result.stderr  # LLaMA-Factory's line once the adapter is built
-    last = result.stderr.strip().splitlines()[-1]
-    assert "lora_target: v_porj (did you mean v_proj?) is the name of no module in" in last
+    assert said in result.stderr.strip().splitlines()[-1]
     assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "adapter_model.safetensors").exists()
