@@ -109,6 +109,23 @@ BAD_INPUTS = {
     "a broken dataset file": (["train", DEMO, _users_data("m.json", "[{"), MINE], "h100-sxm", 26, "not valid JSON"),
     "an empty dataset file": (["train", DEMO, _users_data("m.json", ""), MINE], "h100-sxm", 26, "is empty"),
     "a missing dataset file": (["train", DEMO, _users_data("m.json", None), MINE], "h100-sxm", 26, "does not exist"),
+    "conversations read as alpaca": (
+        [
+            "train",
+            DEMO,
+            _users_data("m.json", json.dumps([{"conversations": [{"from": "human", "value": "hi"}]}])),
+            MINE,
+        ],
+        "h100-sxm",
+        26,
+        'add "formatting": "sharegpt"',
+    ),
+    "alpaca records without input": (
+        ["train", DEMO, _users_data("m.json", json.dumps([{"instruction": "hi", "output": "hello"}])), MINE],
+        "h100-sxm",
+        26,
+        """has no 'input' in any record""",
+    ),
     "a missing dataset_dir": (["train", DEMO, "dataset_dir=/no/such/data"], "h100-sxm", 26, "is not a folder"),
     "a missing deepspeed file": (["train", DEMO, "deepspeed=/missing.json"], "h100-sxm", 13, "/missing.json"),
     "a model folder without config.json": (
@@ -219,3 +236,23 @@ def test_max_steps_below_zero_runs_and_says_what_it_means(tmp_path):
     result = run_cli("train", DEMO, "max_steps=-5", "--dry-run", "--allow-cpu", profile="no-gpu")
     assert result.returncode == 0, result.stderr
     assert "max_steps" in result.stderr and "num_train_epochs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"file_name": "m.json", "formatting": "sharegpt"},
+        {"file_name": "m.json", "columns": {"prompt": "instruction", "response": "output"}},
+    ],
+)
+def test_a_dataset_entry_fixed_as_the_line_says_plans(tmp_path, entry):
+    """What the two column refusals tell the user to write into dataset_info.json plans."""
+    data = tmp_path / "data"
+    data.mkdir()
+    records = {"sharegpt": [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ho"}]}]}
+    (data / "m.json").write_text(
+        json.dumps(records.get(entry.get("formatting"), [{"instruction": "hi", "output": "ho"}]))
+    )
+    (data / "dataset_info.json").write_text(json.dumps({"mine": entry}))
+    result = run_cli("train", DEMO, f"dataset_dir={data}", MINE, "--dry-run", profile="h100-sxm")
+    assert result.returncode == 0, result.stderr
