@@ -140,10 +140,13 @@ def test_a_stop_that_reaches_one_node_stops_both_at_the_same_step(tmp_path, tiny
 
 @pytest.mark.slow
 def test_a_failing_trainer_exits_1_with_its_own_error_and_no_launcher_traceback(tmp_path, tiny_model):
-    code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", "template=no_such_template"))
+    (tmp_path / "not-tokenized").mkdir()  # LLaMA-Factory reads a folder with something in it as tokenized data
+    (tmp_path / "not-tokenized" / "notes.txt").write_text("not a dataset")
+    tokenized = f"tokenized_path={tmp_path / 'not-tokenized'}"
+    code, _, stderr = finish(start(tmp_path / "out", tiny_model, tmp_path / "state", tokenized))
     assert code == 1
     *_, trainer_error, summary = stderr.strip().splitlines()
-    assert "Template no_such_template does not exist" in trainer_error
+    assert "is neither a `Dataset` directory nor a `DatasetDict` directory" in trainer_error
     assert summary == "llamafactory-fp8: training failed; the trainer's own error is above (exit 1)"
     assert "CalledProcessError" not in stderr
     assert json.loads((tmp_path / "out" / "llamafactory_fp8_run.json").read_text()) == {
