@@ -120,4 +120,4 @@ def test_an_optimizer_transformers_cannot_build_here_is_refused_before_loading(t
     else:
         assert result.returncode == 25, result.stdout + result.stderr
         (line,) = result.stderr.strip().splitlines()
-        assert f"optim: {optim}" in line and "use optim: adamw_torch" in line
+        assert f"optim: {optim}" in line and "drop optim for the default (adamw_torch_fused)" in line

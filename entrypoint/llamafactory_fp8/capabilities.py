@@ -169,7 +169,7 @@ LIMITS = (
         Limit(
             asks=_key("optim", lambda name, names=names: name in names),
             lacks=_modules(package),
-            why="use optim: adamw_torch (the default), or adamw_torch_8bit for 8-bit optimizer states (torchao's)",
+            why="drop optim for the default (adamw_torch_fused), or use adamw_torch_8bit for 8-bit states (torchao's)",
         )
         for package, names in OPTIMIZER_PACKAGES.items()
     ),
