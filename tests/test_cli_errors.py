@@ -124,7 +124,7 @@ BAD_INPUTS = {
         ["train", DEMO, _users_data("m.json", json.dumps([{"instruction": "hi", "output": "hello"}])), MINE],
         "h100-sxm",
         26,
-        """has no 'input' in any record""",
+        "has no 'input' in any record",
     ),
     "a missing dataset_dir": (["train", DEMO, "dataset_dir=/no/such/data"], "h100-sxm", 26, "is not a folder"),
     "a missing deepspeed file": (["train", DEMO, "deepspeed=/missing.json"], "h100-sxm", 13, "/missing.json"),
@@ -135,7 +135,12 @@ BAD_INPUTS = {
         "has no config.json",
     ),
     # LLaMA-Factory loads adapters once the model's weights have loaded
-    "no such adapter folder": (["train", DEMO, "adapter_name_or_path=saves/qwen3/lora/sft"], "h100-sxm", 18, "adapter"),
+    "no such adapter folder": (
+        ["train", DEMO, "adapter_name_or_path=saves/qwen3/lora/sft"],
+        "h100-sxm",
+        18,
+        "adapter not found",
+    ),
     "an adapter folder without adapter_config.json": (
         ["train", DEMO, _folder_that_is_no_adapter, "--dry-run"],
         "h100-sxm",
