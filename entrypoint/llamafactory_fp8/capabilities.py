@@ -136,20 +136,13 @@ LIMITS = (
         why="a REMOTE: dataset_dir is read through Ray, which is not in this image: use a local folder",
     ),
     # the packages LLaMA-Factory's get_train_args requires for these keys (its _check_extra_dependencies)
-    Limit(
-        asks=_key("use_unsloth"),
-        lacks=_modules("unsloth"),
-        why="drop use_unsloth",
-    ),
-    Limit(
-        asks=_key("enable_liger_kernel"),
-        lacks=_modules("liger_kernel"),
-        why="drop enable_liger_kernel",
-    ),
-    Limit(
-        asks=_key("mixture_of_depths"),
-        lacks=_modules("MoD"),
-        why="drop mixture_of_depths",
+    *(
+        Limit(asks=_key(key), lacks=_modules(module), why=f"drop {key}")
+        for key, module in (
+            ("use_unsloth", "unsloth"),
+            ("enable_liger_kernel", "liger_kernel"),
+            ("mixture_of_depths", "MoD"),
+        )
     ),
     *(
         Limit(
