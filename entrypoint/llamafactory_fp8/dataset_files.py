@@ -110,13 +110,14 @@ def read_columns(entry: Mapping[str, Any]) -> dict[str, str]:
 def _missing_column(records: list[dict], entry: Mapping[str, Any]) -> str | None:
     present = set().union(*(record.keys() for record in records))
     formatting = entry.get("formatting", "alpaca")
-    for attribute, column in read_columns(entry).items():
+    columns = read_columns(entry)
+    for attribute, column in columns.items():
         if column in present:
             continue
         if formatting == "alpaca" and present & {"conversations", "messages"}:
             fix = 'its records are conversations: add "formatting": "sharegpt" to its entry in dataset_info.json'
         else:
-            kept = {a: c for a, c in read_columns(entry).items() if c in present}
+            kept = {a: c for a, c in columns.items() if c in present}
             fix = (
                 f"map the columns it has in its entry in dataset_info.json, "
                 f'"columns": {json.dumps(kept)} (a "columns" mapping replaces every default)'
